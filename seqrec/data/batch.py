@@ -18,7 +18,8 @@ all of them in one call (N = total windows in the batch, ordered by token length
                                              -1 = empty slot. Slots are chronological and
                                              left-aligned: slot 0 = oldest kept window.
     window_mask            [B, W]     bool   True where a window exists
-    window_time            [B, W]     float  unix time (s) of each window's last event; 0 if empty
+    window_time            [B, W]     float64 unix time (s) of each window's last event; 0 if empty
+                                             (float64: float32 would round times to ~2 minutes)
     window_items           [B, W, K]  long   item of each event in each window, -1 padded
     profile_cat            [B, C]     long   categorical profile codes (0 = unknown); C may be 0
     profile_num            [B, F]     float  standardized numeric profile features; F may be 0
