@@ -86,7 +86,9 @@ class TextTokens:
         )
 
     def windows(self, texts: Sequence[str]) -> list[list[int]]:
-        return tokenize_texts(self.tokenizer, texts, self.window_prefix, self.max_window_tokens, self.append_eos)
+        return tokenize_texts(
+            self.tokenizer, texts, self.window_prefix, self.max_window_tokens, self.append_eos
+        )
 
     def items(self, texts: Sequence[str]) -> list[list[int]]:
         return tokenize_texts(self.tokenizer, texts, self.item_prefix, self.max_item_tokens, self.append_eos)
@@ -147,7 +149,9 @@ def item_token_ids(data: PreparedData, cfg: RunConfig, tokens: TextTokens) -> li
     return list(_cached_arrow(path, build)["input_ids"])
 
 
-def _fingerprint(kind: str, data: PreparedData, cfg: RunConfig, tokens: TextTokens | None, *extra: Any) -> str:
+def _fingerprint(
+    kind: str, data: PreparedData, cfg: RunConfig, tokens: TextTokens | None, *extra: Any
+) -> str:
     desc = [kind, data_fingerprint(data), to_dict(cfg.window), to_dict(cfg.text), *extra]
     if tokens is not None:
         desc.append(tokens.fingerprint())
@@ -177,7 +181,9 @@ class SeqRecDataset(Dataset):
         self.random_cut = split == "train" and cfg.train.train_cut == "random"
         self.epoch = 0
         self.renderer: Renderer | None = make_renderer(data, cfg) if tokens is not None else None
-        self._inputs: list[UserInput] | None = None if self.random_cut else [self._input(u) for u in self.users]
+        self._inputs: list[UserInput] | None = (
+            None if self.random_cut else [self._input(u) for u in self.users]
+        )
         self._token_cache: Any = None
         if tokens is not None and cache and not self.random_cut:
             self._token_cache = self._build_token_cache()
@@ -202,7 +208,15 @@ class SeqRecDataset(Dataset):
         import datasets
 
         assert self._inputs is not None and self.tokens is not None and self.renderer is not None
-        key = _fingerprint(f"windows-{self.split}", self.data, self.cfg, self.tokens, self.users.tobytes().hex()[:64], len(self.users), self.cfg.train.train_cut)
+        key = _fingerprint(
+            f"windows-{self.split}",
+            self.data,
+            self.cfg,
+            self.tokens,
+            self.users.tobytes().hex()[:64],
+            len(self.users),
+            self.cfg.train.train_cut,
+        )
         path = cache_root() / "windows" / key
         path.parent.mkdir(parents=True, exist_ok=True)
         inputs, renderer, tokens, data = self._inputs, self.renderer, self.tokens, self.data
@@ -217,7 +231,12 @@ class SeqRecDataset(Dataset):
         def build() -> datasets.Dataset:
             ds = datasets.Dataset.from_dict({"user_idx": [inp.user_idx for inp in inputs]})
             return ds.map(
-                tokenize, batched=True, batch_size=256, with_indices=True, desc=f"Tokenizing {self.split} windows", new_fingerprint=key
+                tokenize,
+                batched=True,
+                batch_size=256,
+                with_indices=True,
+                desc=f"Tokenizing {self.split} windows",
+                new_fingerprint=key,
             )
 
         return _cached_arrow(path, build)
@@ -235,7 +254,9 @@ class SeqRecDataset(Dataset):
             ex["window_ids"] = self._token_cache[i]["input_ids"]
         else:
             assert self.tokens is not None and self.renderer is not None
-            ex["window_ids"] = self.tokens.windows(render_windows(self.data, self.renderer, inp.user_idx, inp.windows))
+            ex["window_ids"] = self.tokens.windows(
+                render_windows(self.data, self.renderer, inp.user_idx, inp.windows)
+            )
         return ex
 
 
@@ -276,10 +297,14 @@ class SeqRecCollator:
         batch: dict[str, torch.Tensor] = {"user_idx": torch.tensor([inp.user_idx for inp in inputs])}
 
         # Flatten windows; optionally order them by token length so micro-batches pad little.
-        flat: list[tuple[int, int]] = [(bi, wi) for bi, inp in enumerate(inputs) for wi in range(len(inp.windows))]
+        flat: list[tuple[int, int]] = [
+            (bi, wi) for bi, inp in enumerate(inputs) for wi in range(len(inp.windows))
+        ]
         if "window_ids" in examples[0]:
             lengths = [len(examples[bi]["window_ids"][wi]) for bi, wi in flat]
-            order = sorted(range(len(flat)), key=lambda j: lengths[j]) if self.bucket else list(range(len(flat)))
+            order = (
+                sorted(range(len(flat)), key=lambda j: lengths[j]) if self.bucket else list(range(len(flat)))
+            )
             ids = [examples[flat[j][0]]["window_ids"][flat[j][1]] for j in order]
             batch["window_input_ids"] = _pad(ids, self.pad_token_id)
             batch["window_attention_mask"] = (_pad([[1] * len(x) for x in ids], 0)).long()
@@ -375,3 +400,32 @@ def iter_windows(data: PreparedData, cfg: RunConfig, splits: Sequence[Split]) ->
                 if key not in seen:
                     seen.add(key)
                     yield u, w
+
+
+def eval_batches(
+    model: Any,
+    data: PreparedData,
+    cfg: RunConfig,
+    split: Split,
+    users: np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> DataLoader:
+    """Evaluation batches for a SeqRecModel: tokens when it has a backbone, else cached features.
+
+    A model trained in the head stage and loaded without its backbone reads the feature folder of
+    its run (``train.features_dir``, default ``<output_dir>/features``); its item features are set
+    from the same folder.
+    """
+    if model.tokenizer is not None:
+        tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
+        if model.item_tower.uses_text and getattr(model, "_item_tokens", None) is None:
+            model.set_item_tokens(item_token_ids(data, cfg, tokens))
+        pad = int(model.tokenizer.pad_token_id or 0)
+        return eval_loader(
+            data, cfg, split, tokens=tokens, users=users, batch_size=batch_size, pad_token_id=pad
+        )
+    folder = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
+    store = FeatureStore.load(folder)
+    if model.item_tower.uses_text:
+        model.set_item_features(store.items)
+    return eval_loader(data, cfg, split, features=store, users=users, batch_size=batch_size)

@@ -54,13 +54,19 @@ def make_renderer(data: PreparedData, cfg: RunConfig) -> Renderer:
     return Renderer(data.items, data.behaviors, cfg.text, data.language)
 
 
-def render_windows(data: PreparedData, renderer: Renderer, user_idx: int, windows: tuple[Window, ...]) -> list[str]:
+def render_windows(
+    data: PreparedData, renderer: Renderer, user_idx: int, windows: tuple[Window, ...]
+) -> list[str]:
     """The exact text of each window (the previous event's time gives the first event's gap)."""
     items, times, behs = data.sequence(user_idx)
     texts = []
     for w in windows:
         prev = int(times[w.start - 1]) if w.start > 0 else None
-        texts.append(renderer.render_window(items[w.start : w.end], times[w.start : w.end], behs[w.start : w.end], prev))
+        texts.append(
+            renderer.render_window(
+                items[w.start : w.end], times[w.start : w.end], behs[w.start : w.end], prev
+            )
+        )
     return texts
 
 

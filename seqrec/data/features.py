@@ -137,7 +137,9 @@ def build_feature_store(
             "row": np.arange(len(windows), dtype=np.int64),
         }
     ).to_parquet(tmp / "windows_index.parquet", index=False)
-    (tmp / "manifest.json").write_text(json.dumps({**manifest, **dims}, indent=2, default=str), encoding="utf-8")
+    (tmp / "manifest.json").write_text(
+        json.dumps({**manifest, **dims}, indent=2, default=str), encoding="utf-8"
+    )
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

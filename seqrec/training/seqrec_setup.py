@@ -71,7 +71,9 @@ def feature_manifest(cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     }
 
 
-def ensure_features(cfg: RunConfig, data: PreparedData, accelerator: Accelerator | None = None) -> FeatureStore:
+def ensure_features(
+    cfg: RunConfig, data: PreparedData, accelerator: Accelerator | None = None
+) -> FeatureStore:
     """Load the feature folder if it matches this config, else build it (main process) once."""
     import json
 
@@ -137,7 +139,9 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
             item_tokens = item_token_ids(data, cfg, tokens)
             model.set_item_tokens(item_tokens)
     train_ds = SeqRecDataset(data, cfg, "train", tokens=tokens, features=features)
-    collate = SeqRecCollator(data, cfg, "train", features=features, item_tokens=item_tokens, pad_token_id=pad_id)
+    collate = SeqRecCollator(
+        data, cfg, "train", features=features, item_tokens=item_tokens, pad_token_id=pad_id
+    )
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
     loader = accelerator.prepare_data_loader(
         eval_loader(data, cfg, "valid", tokens=tokens, features=features, users=users, pad_token_id=pad_id),
@@ -148,7 +152,17 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     def evaluate_fn(m: nn.Module, acc: Accelerator) -> dict[str, float]:
         target: Any = acc.unwrap_model(m)
         target.prepare_eval()
-        result = evaluate(target, loader, data, "valid", cfg.eval, protocol, gather=acc.gather, device=acc.device, progress=False)
+        result = evaluate(
+            target,
+            loader,
+            data,
+            "valid",
+            cfg.eval,
+            protocol,
+            gather=acc.gather,
+            device=acc.device,
+            progress=False,
+        )
         return result.metrics
 
     def save_fn(m: nn.Module, folder: Path, state_dict: dict[str, Any] | None) -> None:

@@ -1,0 +1,132 @@
+"""`seqrec evaluate`: score a saved model on a split and write metrics.json + metrics.md.
+
+    seqrec evaluate --checkpoint DIR [--data DIR] --split test [--protocol full|sampled|candidates]
+                    [--candidates FILE] [--out DIR] [--per-user] [eval.key=value ...]
+
+DIR holds seqrec_config.json (the resolved RunConfig); ``train.model`` says how to load it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="Evaluate a saved model (seqrec, sasrec or popularity) on the valid or test split.",
+        description="Writes metrics.json and metrics.md (overall, by history length, by cold target).",
+    )
+    p.add_argument("--checkpoint", required=True, help="Model folder holding seqrec_config.json.")
+    p.add_argument("--data", help="Prepared data directory (default: data_dir saved with the model).")
+    p.add_argument("--split", choices=["valid", "test"], default="test", help="Split to evaluate.")
+    p.add_argument("--protocol", choices=["full", "sampled", "candidates"], help="Overrides eval.protocol.")
+    p.add_argument("--candidates", help="Candidates JSONL (implies --protocol candidates).")
+    p.add_argument("--out", help="Report folder (default: CHECKPOINT/eval-SPLIT).")
+    p.add_argument("--per-user", action="store_true", help="Also write per-user results.")
+    p.add_argument("--device", default="auto", help="auto (GPU when available), cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "overrides", nargs="*", help="Overrides of the eval section, e.g. eval.ks=[1,10] or ks=[1,10]."
+    )
+    p.set_defaults(handler=run)
+
+
+def resolve_config(checkpoint: Path, args: argparse.Namespace) -> Any:
+    """The model's saved RunConfig with the eval section overridden from the command line."""
+    from seqrec.baselines.folder import read_run_config
+    from seqrec.config import ConfigError, RunConfig, apply_overrides, from_dict, to_dict, validate
+
+    cfg = read_run_config(checkpoint)
+    overrides = []
+    for item in args.overrides:
+        key = item.split("=", 1)[0]
+        if "." not in key:
+            item = f"eval.{item}"
+        elif not key.startswith("eval."):
+            raise ConfigError(f"override {item!r}: `seqrec evaluate` only takes eval.* overrides")
+        overrides.append(item)
+    if args.candidates:
+        overrides += [f"eval.candidates_file={args.candidates}", "eval.protocol=candidates"]
+    if args.protocol:
+        overrides.append(f"eval.protocol={args.protocol}")
+    if args.per_user:
+        overrides.append("eval.per_user=true")
+    cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), overrides))
+    validate(cfg)
+    return cfg
+
+
+def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: str, users: Any) -> tuple[Any, Any]:
+    """Load the model class named by train.model and build its evaluation batches."""
+    from seqrec.errors import CheckpointError
+
+    kind = cfg.train.model
+    if kind in ("popularity", "sasrec"):
+        from seqrec.baselines.popularity import PopularityModel
+        from seqrec.baselines.sasrec import SASRec
+        from seqrec.baselines.sequences import eval_loader
+
+        model: Any = (
+            PopularityModel.from_pretrained(checkpoint)
+            if kind == "popularity"
+            else SASRec.from_pretrained(checkpoint)
+        )
+        max_len = model.cfg.max_len if kind == "sasrec" else 1  # popularity reads no input
+        batches = eval_loader(data, split, max_len, cfg.eval.batch_size, users)
+    elif kind == "seqrec":
+        # Imported here so evaluating a baseline never loads transformers.
+        from seqrec.data.collate import eval_batches
+        from seqrec.modeling import SeqRecModel
+
+        model = SeqRecModel.from_pretrained(checkpoint)
+        batches = eval_batches(model, data, cfg, split, users=users, batch_size=cfg.eval.batch_size)
+    else:
+        raise CheckpointError(f"{checkpoint}: unknown train.model {kind!r}")
+    n_items = getattr(model, "n_items", data.n_items)
+    if n_items != data.n_items:
+        raise CheckpointError(
+            f"{checkpoint} was trained on {n_items} items but {data.path} has {data.n_items}; "
+            "evaluate on the data it was trained on"
+        )
+    return model, batches
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from seqrec.config import ConfigError, save_config
+    from seqrec.data.schema import PreparedData, atomic_directory
+    from seqrec.evaluation.evaluator import evaluate
+    from seqrec.evaluation.protocols import make_protocol
+    from seqrec.evaluation.report import markdown_table, write_report
+
+    checkpoint = Path(args.checkpoint)
+    cfg = resolve_config(checkpoint, args)
+    data_dir = args.data or cfg.data_dir
+    if not data_dir:
+        raise ConfigError("--data is required: the model's config has no data_dir")
+    data = PreparedData.load(data_dir)
+    out = Path(args.out) if args.out else checkpoint / f"eval-{args.split}"
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+
+    protocol = make_protocol(cfg.eval, data, args.split, out_dir=out)
+    model, batches = load_model_and_batches(checkpoint, cfg, data, args.split, protocol.users())
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    result = evaluate(model, batches, data, args.split, cfg.eval, protocol=protocol, device=device)
+    context = {"model": cfg.train.model, "checkpoint": str(checkpoint), "data": str(data_dir)}
+    title = f"{cfg.train.model} on {Path(data_dir).name} ({args.split})"
+    with atomic_directory(out, overwrite=True) as tmp:
+        write_report(result, tmp, context, cfg.eval.per_user_format, title)
+        save_config(cfg, tmp / "seqrec_config.json")  # the resolved config beside the report
+    print(markdown_table(result, title), end="")
+    print(
+        f"\nwrote {out / 'metrics.json'} and {out / 'metrics.md'}"
+        + (" (+ per-user rows)" if result.per_user is not None else "")
+    )
+    return 0
