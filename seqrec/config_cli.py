@@ -22,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
         for name, default, help_ in field_help(RunConfig):
             print(f"{name} = {default}\n    {help_}")
         return 0
-    cfg = load_config(args.config, args.overrides)
+    cfg: RunConfig = load_config(args.config, args.overrides)
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), end="")
     return 0

@@ -38,7 +38,7 @@ from seqrec.data.examples import (
 )
 from seqrec.data.features import FeatureStore
 from seqrec.data.render import Renderer
-from seqrec.data.schema import PreparedData, Split
+from seqrec.data.schema import PreparedData, View
 from seqrec.data.windows import Window
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ class SeqRecDataset(Dataset):
         self,
         data: PreparedData,
         cfg: RunConfig,
-        split: Split,
+        split: View,
         tokens: TextTokens | None = None,
         features: FeatureStore | None = None,
         users: np.ndarray | None = None,
@@ -176,7 +176,7 @@ class SeqRecDataset(Dataset):
         self.data, self.cfg, self.split = data, cfg, split
         self.tokens, self.features = tokens, features
         if users is None:
-            users = data.train_users(2) if split == "train" else data.eval_users(split)
+            users = _default_users(data, split)
         self.users = np.asarray(users, dtype=np.int64)
         self.random_cut = split == "train" and cfg.train.train_cut == "random"
         self.epoch = 0
@@ -260,6 +260,14 @@ class SeqRecDataset(Dataset):
         return ex
 
 
+def _default_users(data: PreparedData, split: View) -> np.ndarray:
+    if split == "train":
+        return data.train_users(2)
+    if split == "serve":
+        return np.flatnonzero(np.diff(data.offsets) > 0).astype(np.int64)
+    return data.eval_users(split)
+
+
 def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
     width = max((len(s) for s in seqs), default=0)
     out = torch.full((len(seqs), max(width, 1)), value, dtype=torch.long)
@@ -276,7 +284,7 @@ class SeqRecCollator:
         self,
         data: PreparedData,
         cfg: RunConfig,
-        split: Split,
+        split: View,
         features: FeatureStore | None = None,
         item_tokens: list[list[int]] | None = None,
         pad_token_id: int = 0,
@@ -335,6 +343,8 @@ class SeqRecCollator:
 
         if self.split == "train":
             self._add_targets(batch, inputs, w_max)
+        elif self.split == "serve":
+            self._add_history(batch, inputs)
         else:
             self._add_eval(batch, inputs)
         return batch
@@ -362,20 +372,20 @@ class SeqRecCollator:
             batch["item_input_ids"] = _pad(ids, self.pad_token_id)
             batch["item_attention_mask"] = _pad([[1] * len(x) for x in ids], 0)
 
-    def _add_eval(self, batch: dict[str, torch.Tensor], inputs: list[UserInput]) -> None:
-        targets, history = [], []
-        for inp in inputs:
-            items, _, _ = self.data.sequence(inp.user_idx)
-            targets.append(int(items[inp.end]))
-            history.append(np.unique(items[: inp.end]).tolist())
-        batch["eval_target"] = torch.tensor(targets, dtype=torch.long)
+    def _add_history(self, batch: dict[str, torch.Tensor], inputs: list[UserInput]) -> None:
+        history = [np.unique(self.data.sequence(inp.user_idx)[0][: inp.end]).tolist() for inp in inputs]
         batch["history_items"] = _pad(history, PAD)
+
+    def _add_eval(self, batch: dict[str, torch.Tensor], inputs: list[UserInput]) -> None:
+        self._add_history(batch, inputs)
+        targets = [int(self.data.sequence(inp.user_idx)[0][inp.end]) for inp in inputs]
+        batch["eval_target"] = torch.tensor(targets, dtype=torch.long)
 
 
 def eval_loader(
     data: PreparedData,
     cfg: RunConfig,
-    split: Split,
+    split: View,
     tokens: TextTokens | None = None,
     features: FeatureStore | None = None,
     users: np.ndarray | None = None,
@@ -388,12 +398,11 @@ def eval_loader(
     return DataLoader(ds, batch_size=batch_size or cfg.eval.batch_size, shuffle=False, collate_fn=collate)
 
 
-def iter_windows(data: PreparedData, cfg: RunConfig, splits: Sequence[Split]) -> Iterator[tuple[int, Window]]:
+def iter_windows(data: PreparedData, cfg: RunConfig, splits: Sequence[View]) -> Iterator[tuple[int, Window]]:
     """Every distinct (user, window) the deterministic inputs of `splits` use (for feature caching)."""
     seen: set[tuple[int, int, int]] = set()
     for split in splits:
-        users = data.train_users(2) if split == "train" else data.eval_users(split)
-        for u in users.tolist():
+        for u in _default_users(data, split).tolist():
             end = split_end(data, u, split, "last")
             for w in make_input(data, u, end, cfg.window).windows:
                 key = (u, w.start, w.end)
@@ -406,7 +415,7 @@ def eval_batches(
     model: Any,
     data: PreparedData,
     cfg: RunConfig,
-    split: Split,
+    split: View,
     users: np.ndarray | None = None,
     batch_size: int | None = None,
 ) -> DataLoader:

@@ -4,6 +4,7 @@ An *input* is a user's history cut at an exclusive end position ``end`` and cut 
 
 * valid split: ``end = valid_pos`` (the validation target is the event at ``valid_pos``);
 * test split:  ``end = test_pos``;
+* serve view:  ``end = len(history)`` (everything we know; no target; export and recommendations);
 * train split: ``end = cut`` with ``cut < train_end``, so every input and every target lies in the
   training part ``[0, train_end)``. ``train_cut="last"`` uses ``cut = train_end - 1`` (the last
   training event is a target only); ``"random"`` draws a cut per epoch (augmentation).
@@ -22,7 +23,7 @@ import numpy as np
 
 from seqrec.config import RunConfig, WindowConfig
 from seqrec.data.render import Renderer
-from seqrec.data.schema import PreparedData, Split
+from seqrec.data.schema import PreparedData, View
 from seqrec.data.windows import Window, make_windows
 
 
@@ -40,8 +41,10 @@ def make_input(data: PreparedData, user_idx: int, end: int, cfg: WindowConfig) -
     return UserInput(user_idx, end, tuple(make_windows(times[:end], cfg)))
 
 
-def split_end(data: PreparedData, user_idx: int, split: Split, train_cut: str = "last", rng=None) -> int:
-    """Exclusive end of the model input for a split (see the module docstring)."""
+def split_end(data: PreparedData, user_idx: int, split: View, train_cut: str = "last", rng=None) -> int:
+    """Exclusive end of the model input for a split (see the module docstring); "serve" = everything."""
+    if split == "serve":
+        return int(data.offsets[user_idx + 1] - data.offsets[user_idx])
     if split != "train":
         return data.input_end(user_idx, split)
     train_end = data.input_end(user_idx, "train")
@@ -71,7 +74,7 @@ def render_windows(
 
 
 def render_history(
-    data: PreparedData, user_idx: int, split: Split, cfg: RunConfig, renderer: Renderer | None = None
+    data: PreparedData, user_idx: int, split: View, cfg: RunConfig, renderer: Renderer | None = None
 ) -> list[tuple[Window, str]]:
     """The windows of a user's `split` input with their texts, exactly as the model reads them."""
     renderer = renderer or make_renderer(data, cfg)

@@ -93,7 +93,12 @@ def detect_language(texts: list[str]) -> str:
 def format_gap(seconds: float, language: str) -> str:
     """A human time gap: '3 days later' / '3天后'."""
     s = max(0.0, float(seconds))
-    units = [(86400 * 30, "month", "个月"), (86400, "day", "天"), (3600, "hour", "小时"), (60, "minute", "分钟")]
+    units = [
+        (86400 * 30, "month", "个月"),
+        (86400, "day", "天"),
+        (3600, "hour", "小时"),
+        (60, "minute", "分钟"),
+    ]
     for size, en, zh in units:
         if s >= size:
             n = math.floor(s / size)

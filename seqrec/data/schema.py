@@ -45,6 +45,8 @@ import pandas as pd
 
 FORMAT_VERSION = 1
 Split = Literal["train", "valid", "test"]
+# "serve": a user's whole history, no target (export, recommendations).
+View = Literal["train", "valid", "test", "serve"]
 
 META_FILE = "meta.json"
 ITEMS_FILE = "items.parquet"
@@ -81,7 +83,9 @@ class ProfileSpec:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ProfileSpec:
-        return cls(data.get("source", "none"), list(data.get("categorical", [])), list(data.get("numeric", [])))
+        return cls(
+            data.get("source", "none"), list(data.get("categorical", [])), list(data.get("numeric", []))
+        )
 
 
 @dataclass
@@ -261,7 +265,9 @@ def write_prepared(
     if profiles is not None:
         profiles.to_parquet(out / PROFILES_FILE, index=False)
     spec = spec or ProfileSpec()
-    (out / PROFILE_SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / PROFILE_SPEC_FILE).write_text(
+        json.dumps(spec.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 @contextmanager

@@ -12,6 +12,7 @@ window always full instead, at the price of shifting every window when an event 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,6 +65,6 @@ def make_windows(timestamps: np.ndarray, cfg: WindowConfig) -> list[Window]:
         breaks = np.flatnonzero(np.diff(np.asarray(timestamps, dtype=np.int64)) > cfg.session_gap) + 1
         bounds = [0, *breaks.tolist(), n] if n else [0]
         windows = []
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
+        for lo, hi in itertools.pairwise(bounds):
             windows.extend(_grid(lo, hi, cfg.size, stride, cfg.align))
     return windows[-cfg.max_windows :]

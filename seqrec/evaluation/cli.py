@@ -61,7 +61,7 @@ def resolve_config(checkpoint: Path, args: argparse.Namespace) -> Any:
     return cfg
 
 
-def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: str, users: Any) -> tuple[Any, Any]:
+def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, users: Any) -> tuple[Any, Any]:
     """Load the model class named by train.model and build its evaluation batches."""
     from seqrec.errors import CheckpointError
 
