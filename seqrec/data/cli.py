@@ -143,7 +143,8 @@ def describe_profile(data: PreparedData, user_idx: int) -> str:
         parts.append(f"{c['name']}={c['vocab'][code - 1] if code > 0 else '<unknown>'}")
     for j, c in enumerate(spec.numeric):
         z = float(data.profile_num[user_idx, j])
-        parts.append(f"{c['name']}={z * c['std'] + c['mean']:.4g} (z={z:+.2f})")
+        value = round(z * c["std"] + c["mean"], 6) + 0.0  # undo standardization; +0.0 turns -0 into 0
+        parts.append(f"{c['name']}={value:.4g} (z={z:+.2f})")
     return ", ".join(parts) if parts else "none"
 
 

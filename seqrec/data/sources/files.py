@@ -19,6 +19,7 @@ Problems found while reading (each is a DataError naming file, line and column, 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import gzip
@@ -110,8 +111,9 @@ def decode(
     log: DropLog | None,
     prefix: str,
     describe_column: Callable[[bytes, int], str] | None = None,
-) -> str:
-    """Bytes -> text. Undecodable lines are an error naming line and column, or blanked and counted."""
+) -> tuple[str, bool]:
+    """(text, changed): bytes decoded; undecodable lines are an error naming line and column, or
+    (drop policy) blanked and counted, in which case `changed` is True."""
     try:
         text = raw.decode(encoding)
     except LookupError as e:
@@ -141,8 +143,8 @@ def decode(
             len(bad_lines),
             [f"{path}:{i + 1}: invalid {encoding}" for i in bad_lines],
         )
-        text = b"\n".join(lines).decode(encoding)
-    return text.removeprefix("\ufeff")
+        return b"\n".join(lines).decode(encoding).removeprefix("\ufeff"), True
+    return text.removeprefix("\ufeff"), False
 
 
 def _first_record(text: str, delimiter: str, quoting: bool, strip: bool = True) -> list[str]:
@@ -217,9 +219,15 @@ def read_delimited(
     first_line = raw.split(b"\n", 1)[0].decode(encoding, errors="replace").removeprefix("\ufeff")
     if header:
         header_names = _first_record(first_line.replace(delimiter, sep), sep, quoting)
-    text = decode(raw, path, encoding, policy, log, prefix, column_at)
+    text, changed = decode(raw, path, encoding, policy, log, prefix, column_at)
     if sep != delimiter:
         text = text.replace(delimiter, sep)
+    # pyarrow parses UTF-8 bytes: reuse the file's own bytes when they already are exactly that.
+    if not changed and sep == delimiter and codecs.lookup(encoding).name == "utf-8":
+        data = raw.removeprefix(b"\xef\xbb\xbf")
+    else:
+        data = text.encode("utf-8")
+    del raw
     if header:
         raw_names = _first_record(text, sep, quoting, strip=False)  # as pyarrow will name them
         header_names = [c.strip() for c in raw_names]
@@ -243,15 +251,16 @@ def read_delimited(
     lines_cache: dict[str, np.ndarray] = {}
 
     def line_of(record: int) -> int:
-        if "lines" not in lines_cache:
-            lines_cache["lines"] = _record_lines(text, sep, quoting)
+        if "lines" not in lines_cache:  # only when a message needs a line number
+            lines_cache["lines"] = _record_lines(data.decode("utf-8"), sep, quoting)
         lines = lines_cache["lines"]
         k = record + (1 if header else 0)
         return int(lines[k]) if k < len(lines) else int(lines[-1]) if len(lines) else 1
 
+    del text
     try:
         table = pacsv.read_csv(
-            io.BytesIO(text.encode("utf-8")),
+            io.BytesIO(data),
             read_options=pacsv.ReadOptions(
                 use_threads=False,  # pyarrow only reports the row number of a bad row single-threaded
                 column_names=None if header else columns,
@@ -272,10 +281,12 @@ def read_delimited(
     first_data = 2 if header else 1  # pyarrow numbers non-blank records from 1, the header included
     bad_records = np.array([n - first_data for n, *_ in invalid], dtype=np.int64)
     if invalid:
-        _report_invalid(path, text, invalid, bad_records, line_of, policy, log, prefix, quoting)
+        truncated = not data.endswith(b"\n")
+        _report_invalid(path, truncated, invalid, bad_records, line_of, policy, log, prefix, quoting)
     n_total = table.num_rows + len(bad_records)
     record = np.setdiff1d(np.arange(n_total, dtype=np.int64), bad_records, assume_unique=True)
     frame = table.to_pandas()
+    del table
     frame.columns = [str(c).strip() for c in frame.columns]
     if len(frame) == 0 and not invalid:
         raise DataError(f"{path}: the file has {'a header but ' if header else ''}no data rows")
@@ -284,7 +295,7 @@ def read_delimited(
 
 def _report_invalid(
     path: Path,
-    text: str,
+    no_final_newline: bool,
     invalid: list[tuple[int, str, int, int]],
     bad_records: np.ndarray,
     line_of: Callable[[int], int],
@@ -303,7 +314,7 @@ def _report_invalid(
                 f"{path}:{line}: unterminated quote: the quoted field opened on this line never closes "
                 f"and swallows the lines after it; fix the quoting or set data.source.quoting=false"
             )
-        if rec == bad_records[-1] and not text.endswith("\n") and actual < expected:
+        if rec == bad_records[-1] and no_final_newline and actual < expected:
             what += " (truncated last line: the file does not end with a newline)"
         messages.append(f"{path}:{line}: {what}: {row_text[:80]!r}")
     if policy == "error" or log is None:
@@ -339,8 +350,7 @@ def read_jsonl(
     hint: str = "",
 ) -> RawTable:
     """JSON lines (one object per line) as strings. `parse` may be a safe literal parser."""
-    raw = read_bytes(path)
-    text = decode(raw, path, encoding, policy, log, prefix)
+    text, _ = decode(read_bytes(path), path, encoding, policy, log, prefix)
     keep_set = set(keep) if keep is not None else None
     rows: list[dict[str, str]] = []
     records: list[int] = []
