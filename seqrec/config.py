@@ -85,6 +85,19 @@ class SourceConfig:
     )
     user_fields: list[str] = _f([], "User profile columns to use; empty = every column except the key.")
     encoding: str = _f("utf-8", "Text encoding of the input files.")
+    quoting: bool = _f(
+        True, "Honour double quotes in csv/tsv files; false reads quote characters literally (stray quotes)."
+    )
+    numeric_user_fields: list[str] | None = _f(
+        None,
+        "User profile columns that are numbers (standardized); the rest are categorical. "
+        "null = auto: a column is numeric when every non-empty value is a number.",
+    )
+    amazon_ratings_order: Literal["auto", "user,item", "item,user"] = _f(
+        "auto",
+        "Amazon ratings CSV column order: 2014 files are user,item,rating,time; 2018 files are "
+        "item,user,rating,time; auto tells them apart by the ASIN pattern of the item column.",
+    )
     language: Literal["auto", "en", "zh"] = _f(
         "auto", "Language of item text, used to pick templates; auto detects CJK text."
     )
@@ -105,7 +118,8 @@ class DataConfig:
         "drop", "Events whose item is absent from the catalogue: fail, drop and count, or keep (no text)."
     )
     bad_rows: Literal["error", "drop"] = _f(
-        "error", "Rows with unparseable or out-of-range values: fail naming file/line/column, or drop and count."
+        "error",
+        "Rows with unparseable or out-of-range values: fail naming file/line/column, or drop and count.",
     )
     dedupe: Literal["none", "exact", "consecutive", "first"] = _f(
         "exact",
@@ -200,6 +214,11 @@ class BackboneConfig:
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     trust_remote_code: bool = _f(False, "Allow model code from the hub; off unless you trust the repo.")
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) to pin.")
+    hidden_size: int = _f(
+        0,
+        "Width H of the pooled backbone features; filled in when the model is built. The head stage "
+        "(no backbone, cached features) needs it: set it to the feature width.",
+    )
 
 
 @dataclass
@@ -233,6 +252,14 @@ class EncoderConfig:
     )
     bucket_by_length: bool = _f(True, "Sort windows by length before batching so padding stays low.")
     micro_batch_size: int = _f(64, "Texts per backbone call; larger batches are split.")
+    micro_batch_tokens: int = _f(
+        0, "Also cap the padded tokens (texts x longest text) per backbone call; 0 = no cap."
+    )
+    sync_micro_batches: bool = _f(
+        True,
+        "Under torch.distributed, make every rank run the same number of backbone calls (padding with "
+        "one-token dummy calls): ZeRO-3 gathers parameters collectively, so unequal calls would hang.",
+    )
 
 
 @dataclass
@@ -302,6 +329,8 @@ class HeadConfig:
     )
     pointwise: bool = _f(False, "Also train a pointwise scorer over [user, item, user*item] with BCE.")
     pointwise_weight: float = _f(0.2, "Weight of the pointwise BCE loss.")
+    pointwise_negatives: int = _f(8, "Pointwise scorer: negatives per state, drawn from the item prior.")
+    pointwise_hidden: int = _f(128, "Hidden width of the pointwise scorer's MLP.")
 
 
 @dataclass
@@ -367,7 +396,10 @@ class TrainConfig:
     )
     eval_every: int = _f(0, "Validate every N optimizer steps (0 = once per epoch).")
     eval_max_users: int = _f(0, "Validate on at most this many users (0 = all), for speed.")
-    patience: int = _f(5, "Early stopping: validations without NDCG@10 improvement (0 = off).")
+    patience: int = _f(5, "Early stopping: validations without improvement of best_metric (0 = off).")
+    best_metric: str = _f(
+        "ndcg@10", "Validation metric (higher is better) that picks the best model and drives early stopping."
+    )
     checkpoint_every: int = _f(0, "Save a resumable checkpoint every N optimizer steps (0 = per epoch).")
     keep_last: int = _f(2, "Resumable checkpoints kept (older ones are deleted).")
     resume: str | None = _f(None, "Checkpoint to resume from: a path, or 'auto' for the newest complete.")
@@ -375,6 +407,9 @@ class TrainConfig:
     tracker: Literal["tensorboard", "wandb", "none"] = _f("tensorboard", "Experiment tracker.")
     log_every: int = _f(10, "Log metrics every N optimizer steps.")
     num_workers: int = _f(0, "DataLoader worker processes.")
+    find_unused_parameters: bool = _f(
+        False, "DDP only: allow parameters that get no gradient in a step (slower; needed by some models)."
+    )
     features_dir: str | None = _f(
         None, "Head stage: folder of cached window/item features (default: <output_dir>/features)."
     )
@@ -396,9 +431,22 @@ class EvalConfig:
     mask_history: bool = _f(True, "Full ranking: never rank items from the user's input history.")
     num_negatives: int = _f(100, "Sampled protocol: negatives per user.")
     negatives_seed: int = _f(2024, "Sampled protocol: seed of the saved negatives.")
+    negatives_sampler: Literal["uniform", "popularity"] = _f(
+        "uniform", "Sampled protocol: draw negatives uniformly, or in proportion to training counts."
+    )
+    negatives_dir: str | None = _f(
+        None,
+        "Sampled protocol: folder of the saved negatives file; null = the prepared data directory "
+        "(so every model is scored against the same negatives).",
+    )
     candidates_file: str | None = _f(None, "Candidates protocol: JSONL with user_id, target, candidates.")
     batch_size: int = _f(64, "Users per evaluation batch.")
     per_user: bool = _f(False, "Also write per-user results.")
+    per_user_format: Literal["csv", "parquet"] = _f("csv", "File format of the per-user results.")
+    length_buckets: list[int] = _f(
+        [5, 10, 20, 50],
+        "Upper bounds of the history-length slices (input events): [5, 10] gives 1-5, 6-10, 11+.",
+    )
 
 
 @dataclass
@@ -554,7 +602,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(
-    path: str | Path | None = None, overrides: list[str] | None = None, cls: type[T] = RunConfig
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[T] = RunConfig,  # type: ignore[assignment]
 ) -> T:
     """Load a config file (or defaults), apply overrides, validate. The one entry point for configs."""
     data = load_yaml(path) if path else {}

@@ -1,0 +1,146 @@
+"""`run_training(cfg)`: the one function behind `train/train.py` and `seqrec train`.
+
+It makes the Accelerator first (so ZeRO-3 can partition a backbone while it loads), builds the
+model and its data for `train.model`, trains with :class:`seqrec.training.loop.Trainer`, and
+returns the TrainResult; its `exit_code` is what the process should exit with (0, or 143 after
+a preemption checkpoint, see seqrec/training/preemption.py).
+
+Each trainable model registers a builder in BUILDERS returning a TrainingSetup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from seqrec.config import ConfigError, RunConfig, load_config, validate
+
+if TYPE_CHECKING:
+    from accelerate.accelerator import Accelerator
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from seqrec.data.schema import PreparedData
+    from seqrec.training.loop import EvaluateFn, SaveModelFn, TrainResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingSetup:
+    """What the generic loop needs from a model family."""
+
+    model: nn.Module
+    train_dataset: Dataset
+    collate_fn: Callable[[list[Any]], Any]
+    evaluate_fn: EvaluateFn | None
+    save_model_fn: SaveModelFn
+    param_groups: list[dict[str, Any]] | None = None
+
+
+def resolve_config(
+    config: str | Path | None,
+    data: str | None = None,
+    output: str | None = None,
+    resume: str | None = None,
+    overrides: Sequence[str] = (),
+) -> RunConfig:
+    """The run config from a YAML file, the usual flags and key=value overrides (flags win)."""
+    extra = list(overrides)
+    if data:
+        extra.append(f"data_dir={data}")
+    if output:
+        extra.append(f"train.output_dir={output}")
+    if resume:
+        extra.append(f"train.resume={resume}")
+    return load_config(config, extra)
+
+
+def validation_users(data: PreparedData, max_users: int, seed: int) -> np.ndarray | None:
+    """All validation users, or a fixed random subset of train.eval_max_users (same every time)."""
+    users = data.eval_users("valid")
+    if max_users <= 0 or max_users >= len(users):
+        return None
+    pick = np.random.default_rng(seed).choice(len(users), size=max_users, replace=False)
+    return np.sort(users[pick])
+
+
+# ---- SASRec ------------------------------------------------------------------------------------
+
+
+def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -> TrainingSetup:
+    from seqrec.baselines.sasrec import SASRec
+    from seqrec.baselines.sequences import TrainSequences, collate_train, eval_loader
+    from seqrec.evaluation.evaluator import evaluate
+    from seqrec.evaluation.protocols import make_protocol
+
+    model = SASRec(data.n_items, cfg.sasrec)
+    users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
+    # Each rank scores its share of the users; the evaluator gathers and de-duplicates.
+    loader = accelerator.prepare_data_loader(
+        eval_loader(data, "valid", cfg.sasrec.max_len, cfg.eval.batch_size, users), device_placement=True
+    )
+    protocol = make_protocol(cfg.eval, data, "valid")
+
+    def evaluate_fn(m: nn.Module, acc: Accelerator) -> dict[str, float]:
+        result = evaluate(
+            m, loader, data, "valid", cfg.eval, protocol, gather=acc.gather, device=acc.device, progress=False
+        )
+        return result.metrics
+
+    def save_fn(m: nn.Module, folder: Path, state_dict: dict[str, Any] | None) -> None:
+        # Under ZeRO-3 the live module holds only shards: save the gathered state dict.
+        clean = SASRec(data.n_items, cfg.sasrec)
+        clean.load_state_dict(state_dict if state_dict is not None else m.state_dict())
+        clean.save_pretrained(folder, cfg)
+
+    return TrainingSetup(model, TrainSequences(data, cfg.sasrec.max_len), collate_train, evaluate_fn, save_fn)
+
+
+BUILDERS: dict[str, Callable[[RunConfig, PreparedData, Accelerator], TrainingSetup]] = {
+    "sasrec": _sasrec_setup,
+}
+
+
+# ---- the entry --------------------------------------------------------------------------------
+
+
+def run_training(cfg: RunConfig, end_process_group: bool = True) -> TrainResult:
+    """Train `cfg.train.model` on `cfg.data_dir` into `cfg.train.output_dir`."""
+    from accelerate.utils import set_seed
+
+    from seqrec.data.schema import PreparedData
+    from seqrec.training.distributed import make_accelerator
+    from seqrec.training.loop import Trainer
+
+    validate(cfg)
+    builder = BUILDERS.get(cfg.train.model)
+    if builder is None:
+        raise ConfigError(
+            f"train.model={cfg.train.model!r} has no training loop here (trainable: {sorted(BUILDERS)})"
+        )
+    if not cfg.data_dir:
+        raise ConfigError("data_dir is empty: pass --data DIR (a prepared data directory)")
+    accelerator = make_accelerator(cfg)  # first: ZeRO-3 partitions large models while they load
+    set_seed(cfg.train.seed)
+    data = PreparedData.load(cfg.data_dir)
+    setup = builder(cfg, data, accelerator)
+    trainer = Trainer(
+        cfg,
+        setup.model,
+        setup.train_dataset,
+        setup.collate_fn,
+        setup.evaluate_fn,
+        setup.save_model_fn,
+        setup.param_groups,
+        accelerator=accelerator,
+    )
+    result = trainer.train()
+    if end_process_group:
+        accelerator.end_training()
+    return result
