@@ -102,9 +102,63 @@ def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) 
     return TrainingSetup(model, TrainSequences(data, cfg.sasrec.max_len), collate_train, evaluate_fn, save_fn)
 
 
+def _seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -> TrainingSetup:
+    from seqrec.training.seqrec_setup import seqrec_setup
+
+    return seqrec_setup(cfg, data, accelerator)
+
+
 BUILDERS: dict[str, Callable[[RunConfig, PreparedData, Accelerator], TrainingSetup]] = {
     "sasrec": _sasrec_setup,
+    "seqrec": _seqrec_setup,
 }
+
+
+def fit_popularity(cfg: RunConfig, data: PreparedData) -> TrainResult:
+    """Most-popular needs no loop: count the training part, save `best/`, validate once."""
+    import json
+    import time
+
+    from seqrec.baselines.popularity import PopularityModel
+    from seqrec.baselines.sequences import eval_loader
+    from seqrec.evaluation.evaluator import evaluate
+    from seqrec.training.loop import TrainResult
+
+    start = time.perf_counter()
+    out = Path(cfg.train.output_dir)
+    model = PopularityModel.fit(data)
+    model.save_pretrained(out / "best", cfg)
+    users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
+    metrics = evaluate(
+        model,
+        eval_loader(data, "valid", 1, cfg.eval.batch_size, users),
+        data,
+        "valid",
+        cfg.eval,
+        progress=False,
+    ).metrics
+    (out / "best_metrics.json").write_text(
+        json.dumps({"step": 0, **metrics}, indent=2) + "\n", encoding="utf-8"
+    )
+    log.info(
+        "popularity: valid %s = %.4f; saved %s",
+        cfg.train.best_metric,
+        metrics.get(cfg.train.best_metric, float("nan")),
+        out / "best",
+    )
+    return TrainResult(
+        global_step=0,
+        epoch=0,
+        stop_reason="completed",
+        exit_code=0,
+        best_metric=metrics.get(cfg.train.best_metric),
+        best_step=0,
+        best_dir=out / "best",
+        last_checkpoint=None,
+        resumed_from=None,
+        train_seconds=time.perf_counter() - start,
+        last_eval=metrics,
+    )
 
 
 # ---- the entry --------------------------------------------------------------------------------
@@ -119,6 +173,12 @@ def run_training(cfg: RunConfig, end_process_group: bool = True) -> TrainResult:
     from seqrec.training.loop import Trainer
 
     validate(cfg)
+    if cfg.train.model == "popularity":
+        if not cfg.data_dir:
+            raise ConfigError("data_dir is empty: pass --data DIR (a prepared data directory)")
+        from seqrec.data.schema import PreparedData as _Data
+
+        return fit_popularity(cfg, _Data.load(cfg.data_dir))
     builder = BUILDERS.get(cfg.train.model)
     if builder is None:
         raise ConfigError(
