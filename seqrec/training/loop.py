@@ -69,6 +69,7 @@ StepHook = Callable[[TrainerState], None]
 
 BEST_DIR = "best"
 BEST_METRICS_FILE = "best_metrics.json"
+VALID_HISTORY_FILE = "valid_history.jsonl"
 
 
 @dataclass
@@ -374,6 +375,9 @@ class Trainer:
         self.last_eval = metrics
         acc.log({f"valid/{k}": v for k, v in metrics.items()}, step=state.global_step)
         if acc.is_main_process:
+            # One line per validation, for plots of validation quality over training.
+            with open(self.output_dir / VALID_HISTORY_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **metrics}) + "\n")
             shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             log.info(
                 "validation at step %d: %s (best %s %.4f at step %d)",

@@ -138,7 +138,7 @@ def fit_popularity(cfg: RunConfig, data: PreparedData) -> TrainResult:
         progress=False,
     ).metrics
     (out / "best_metrics.json").write_text(
-        json.dumps({"step": 0, **metrics}, indent=2) + "\n", encoding="utf-8"
+        json.dumps({"step": 0, "epoch": 0, "metrics": metrics}, indent=1) + "\n", encoding="utf-8"
     )
     log.info(
         "popularity: valid %s = %.4f; saved %s",
