@@ -97,13 +97,9 @@ def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, us
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from seqrec.config import ConfigError, save_config
-    from seqrec.data.schema import PreparedData, atomic_directory
-    from seqrec.evaluation.evaluator import evaluate
-    from seqrec.evaluation.protocols import make_protocol
-    from seqrec.evaluation.report import markdown_table, write_report
+    from seqrec.config import ConfigError
+    from seqrec.data.schema import PreparedData
+    from seqrec.evaluation.report import markdown_table
 
     checkpoint = Path(args.checkpoint)
     cfg = resolve_config(checkpoint, args)
@@ -112,21 +108,45 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--data is required: the model's config has no data_dir")
     data = PreparedData.load(data_dir)
     out = Path(args.out) if args.out else checkpoint / f"eval-{args.split}"
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-
-    protocol = make_protocol(cfg.eval, data, args.split, out_dir=out)
-    model, batches = load_model_and_batches(checkpoint, cfg, data, args.split, protocol.users())
-    if isinstance(model, torch.nn.Module):
-        model.to(device)
-    result = evaluate(model, batches, data, args.split, cfg.eval, protocol=protocol, device=device)
-    context = {"model": cfg.train.model, "checkpoint": str(checkpoint), "data": str(data_dir)}
+    result = evaluate_checkpoint(checkpoint, data, args.split, cfg, out, args.device)
     title = f"{cfg.train.model} on {Path(data_dir).name} ({args.split})"
-    with atomic_directory(out, overwrite=True) as tmp:
-        write_report(result, tmp, context, cfg.eval.per_user_format, title)
-        save_config(cfg, tmp / "seqrec_config.json")  # the resolved config beside the report
     print(markdown_table(result, title), end="")
     print(
         f"\nwrote {out / 'metrics.json'} and {out / 'metrics.md'}"
         + (" (+ per-user rows)" if result.per_user is not None else "")
     )
     return 0
+
+
+def evaluate_checkpoint(
+    checkpoint: Path, data: Any, split: str, cfg: Any = None, out: Path | None = None, device: str = "auto"
+) -> Any:
+    """Evaluate a saved model folder on `split`; write metrics.json/.md into `out` (atomically).
+
+    `cfg` is the RunConfig whose eval section to use (default: the one saved with the model).
+    """
+    import torch
+
+    from seqrec.baselines.folder import read_run_config
+    from seqrec.config import save_config
+    from seqrec.data.schema import atomic_directory
+    from seqrec.evaluation.evaluator import evaluate
+    from seqrec.evaluation.protocols import make_protocol
+    from seqrec.evaluation.report import write_report
+
+    checkpoint = Path(checkpoint)
+    cfg = cfg if cfg is not None else read_run_config(checkpoint)
+    out = Path(out) if out is not None else checkpoint / f"eval-{split}"
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    protocol = make_protocol(cfg.eval, data, split, out_dir=out)
+    model, batches = load_model_and_batches(checkpoint, cfg, data, split, protocol.users())
+    if isinstance(model, torch.nn.Module):
+        model.to(device)
+    result = evaluate(model, batches, data, split, cfg.eval, protocol=protocol, device=device)
+    context = {"model": cfg.train.model, "checkpoint": str(checkpoint), "data": str(data.path)}
+    title = f"{cfg.train.model} on {Path(str(data.path)).name} ({split})"
+    with atomic_directory(out, overwrite=True) as tmp:
+        write_report(result, tmp, context, cfg.eval.per_user_format, title)
+        save_config(cfg, tmp / "seqrec_config.json")  # the resolved config beside the report
+    return result
