@@ -427,7 +427,7 @@ def eval_batches(
     """
     if model.tokenizer is not None:
         tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
-        if model.item_tower.uses_text and getattr(model, "_item_tokens", None) is None:
+        if model.item_tower.uses_text and model.item_tokens is None:
             model.set_item_tokens(item_token_ids(data, cfg, tokens))
         pad = int(model.tokenizer.pad_token_id or 0)
         return eval_loader(

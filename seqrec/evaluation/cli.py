@@ -83,7 +83,10 @@ def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, us
         from seqrec.data.collate import eval_batches
         from seqrec.modeling import SeqRecModel
 
-        model = SeqRecModel.from_pretrained(checkpoint)
+        # A head-stage model reads the window features its run cached (no backbone pass needed).
+        features = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
+        use_features = cfg.train.stage == "head" and (features / "manifest.json").is_file()
+        model = SeqRecModel.from_pretrained(checkpoint, load_backbone=not use_features)
         batches = eval_batches(model, data, cfg, split, users=users, batch_size=cfg.eval.batch_size)
     else:
         raise CheckpointError(f"{checkpoint}: unknown train.model {kind!r}")
