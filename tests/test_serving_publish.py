@@ -354,12 +354,6 @@ def test_pickle_in_place_of_safetensors_is_refused_unopened(saved, tmp_path, cap
     assert not marker.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="seqrec/modeling/io.py gap (reported): for a full fine-tune it only checks that backbone/ holds "
-    "ANY *.safetensors file, so backbone/pytorch_model.bin next to an unrelated .safetensors is handed to "
-    "transformers, which torch.loads it (weights_only=True) instead of refusing it",
-)
 def test_full_finetune_backbone_pickle_is_refused(tiny_backbones, tiny_data, tmp_path):
     cfg = tiny_run_config(tiny_backbones("bert"), **{"model.adapter.method": "full"})
     folder = tmp_path / "full"
@@ -373,7 +367,7 @@ def test_full_finetune_backbone_pickle_is_refused(tiny_backbones, tiny_data, tmp
         with pytest.raises(CheckpointError, match=r"pytorch_model\.bin"):
             SeqRecModel.from_pretrained(folder)
     finally:
-        assert not marker.exists()  # weights_only=True blocks the payload today; the load must not try
+        assert not marker.exists()  # the pickle is refused before anything reads it
 
 
 def test_public_config_blanks_local_paths_only():

@@ -71,8 +71,8 @@ def test_train_script_reports_user_errors_in_one_line(
     script = _train_script()
     base = ["--config", str(sasrec_config), "--data", str(tiny_data_dir), "--output", str(tmp_path / "o")]
     assert script.main([*base, "train.no_such_key=1"]) == 2
-    assert script.main([*base, "train.model=popularity"]) == 2
+    assert script.main([*base, "train.model=bpr"]) == 2
     assert script.main([*base, "train.deepspeed=ds_configs/missing.json"]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith("train.py: error:") for line in lines)
-    assert "train.no_such_key" in lines[0] and "popularity" in lines[1] and "missing.json" in lines[2]
+    assert "train.no_such_key" in lines[0] and "bpr" in lines[1] and "missing.json" in lines[2]

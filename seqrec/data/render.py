@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 import numpy as np
 import pandas as pd
 
-from seqrec.config import TextConfig
+from seqrec.config import ConfigError, TextConfig
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
@@ -120,7 +120,7 @@ class Renderer:
         fields = cfg.item_fields or [c for c in items.columns if c not in ("item_idx", "item_id")]
         missing = [f for f in fields if f not in items.columns]
         if missing:
-            raise ValueError(f"text.item_fields {missing} not in the item table (has {list(items.columns)})")
+            raise ConfigError(f"text.item_fields {missing} not in the item table (has {list(items.columns)})")
         self.fields = fields
         lang = cfg.language if cfg.language != "auto" else data_language
         self.language = lang if lang in VERBS else "en"
@@ -160,7 +160,13 @@ class Renderer:
             if self.cfg.time in ("date", "both"):
                 stamp.append(format_time(ts))
             if self.cfg.time in ("gap", "both") and last is not None:
-                gap = format_gap(ts - last, self.language)
+                # Day-resolution logs (e.g. Amazon reviews) cannot say "moments later".
+                same_day = ts == last and ts % 86400 == 0
+                gap = (
+                    ("当天" if self.language == "zh" else "same day")
+                    if same_day
+                    else format_gap(ts - last, self.language)
+                )
                 stamp.append(f"（{gap}）" if self.language == "zh" else f"({gap})")
             head = " ".join(stamp)
             text = self.item_texts[item]

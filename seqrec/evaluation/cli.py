@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def evaluate_checkpoint(
-    checkpoint: Path, data: Any, split: str, cfg: Any = None, out: Path | None = None, device: str = "auto"
+    checkpoint: Path, data: Any, split: Any, cfg: Any = None, out: Path | None = None, device: str = "auto"
 ) -> Any:
     """Evaluate a saved model folder on `split`; write metrics.json/.md into `out` (atomically).
 

@@ -282,6 +282,7 @@ def load_backbone(
     are read from (a fully fine-tuned model saved by seqrec); the tokenizer comes from there too."""
     from transformers import AutoConfig
 
+    safetensors_only = weights_dir is not None
     if weights_dir is not None:
         source = str(weights_dir)
     else:
@@ -299,6 +300,8 @@ def load_backbone(
         "revision": cfg.revision,
         "attn_implementation": resolve_attn(cfg.attn_implementation),
     }
+    if safetensors_only:  # a seqrec folder: never let transformers fall back to a pickle file
+        kwargs["use_safetensors"] = True
     if quantize_4bit:
         check_qlora_available()
         from transformers import BitsAndBytesConfig

@@ -213,8 +213,18 @@ def load_model(
     elif with_backbone and method == "full":
         weights_dir = path / BACKBONE_DIR
         _read_json(weights_dir / "config.json")
-        if not any(weights_dir.glob("*.safetensors")):
-            read_safetensors(weights_dir / "model.safetensors")  # raises, naming any pickle found instead
+        # Only model.safetensors (or its shard index) counts: any other weights file in backbone/
+        # (e.g. a pytorch_model.bin beside an unrelated .safetensors) would be unpickled by transformers.
+        pickles = sorted(
+            p.name for p in weights_dir.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+        )
+        if pickles:
+            raise CheckpointError(
+                f"{weights_dir} holds pickle weight files {pickles}; seqrec loads safetensors only "
+                "(delete them, or re-save the model with save_pretrained)"
+            )
+        if not (weights_dir / "model.safetensors.index.json").is_file():
+            read_safetensors(weights_dir / "model.safetensors")  # raises if missing or not safetensors
     try:
         model = cls(
             cfg,

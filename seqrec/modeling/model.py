@@ -66,6 +66,19 @@ class SeqRecOutput:
     metrics: dict[str, float] = field(default_factory=dict)  # tokens, nonpad_tokens (ints), losses
 
 
+def init_head_weights(module: nn.Module) -> None:
+    """GPT-style init for everything outside the backbone: N(0, 0.02) weights, zero biases.
+
+    PyTorch's default N(0, 1) embeddings would give position and time-gap vectors a norm of about
+    sqrt(d_model), drowning the projected window features (norm < 1) before the first LayerNorm;
+    measured on the synthetic set, this alone cost a third of validation NDCG@10.
+    """
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
 class SeqRecModel(nn.Module):
     """The whole recommender. Training: ``forward(batch).loss``, ``param_groups``, ``on_step_end``.
     Evaluation: ``prepare_eval`` then ``score_batch``. Serving: ``user_embeddings``,
@@ -119,6 +132,9 @@ class SeqRecModel(nn.Module):
         self.profile = ProfileEncoder(profile_spec, m.profile) if use_profile else None
         self.fusion = Fusion(m.aggregator.d_model, self.profile.dim if self.profile else 0, m.fusion, dim)
         self.head = RankingHead(m.head, dim)
+        for part in (self.item_tower, self.aggregator, self.profile, self.fusion, self.head):
+            if part is not None:
+                part.apply(init_head_weights)
         # Catalogue text features: derived data (re-encoded from text), so never saved with weights.
         self.register_buffer("item_features", torch.zeros(0, feat_dim), persistent=False)
         self.register_buffer(
