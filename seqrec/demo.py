@@ -39,7 +39,8 @@ class DemoSize:
     sasrec_epochs: int
 
 
-FULL = DemoSize(users=400, items=200, joint_steps=12, joint_batch=8, head_epochs=40, sasrec_epochs=60)
+# About 15 events per item, like Amazon Beauty (a denser log would favour pure-ID models).
+FULL = DemoSize(users=400, items=400, joint_steps=12, joint_batch=8, head_epochs=40, sasrec_epochs=60)
 QUICK = DemoSize(users=60, items=40, joint_steps=2, joint_batch=4, head_epochs=3, sasrec_epochs=3)
 
 
@@ -68,13 +69,16 @@ def base_config(args: argparse.Namespace, data_dir: Path, size: DemoSize) -> Any
             "train.tracker=none",
             "train.log_every=5",
             f"model.backbone.name={args.backbone}",
-            "window.size=4",
-            "window.max_windows=6",
+            "window.size=1",
+            "window.max_windows=20",
             "text.item_fields=[title, category]",
             "text.time=gap",
-            "text.max_window_tokens=96",
+            "text.max_window_tokens=64",
             "text.max_item_tokens=24",
-            "model.encoder.micro_batch_size=16",
+            "model.encoder.micro_batch_size=32",
+            "model.items.mode=text",
+            "model.aggregator.dropout=0.4",
+            "train.weight_decay=0.1",
             *args.overrides,
         ],
     )
