@@ -43,7 +43,7 @@ def ranking_case(n_items: int, batch: int, history: int, repeats: int) -> dict:
 
     def seqrec_rank() -> None:
         r = protocol.rank_input(scores, inputs)
-        ranks, others = target_ranks(r.scores, r.target_col, r.exclude)
+        ranks, others = target_ranks(r.scores, r.target_col, r.exclude, r.exclude_cols)
         metrics_from_ranks(ranks, (5, 10, 20), others)
 
     def topk_only() -> None:

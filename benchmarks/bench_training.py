@@ -299,6 +299,19 @@ def _tensor_bytes(tensors: Any) -> int:
     return sum(seen.values())
 
 
+def _tensors_in(x: Any) -> list[torch.Tensor]:
+    """Tensors inside nested dicts/lists/tuples. A tensor is a leaf: iterating it would split a
+    flat ZeRO buffer into millions of 0-d tensors (ZeRO-3 keeps its bucket buffer as one tensor,
+    ZeRO-2 as a list; iterating the former once ran this benchmark out of memory)."""
+    if isinstance(x, torch.Tensor):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, (list, tuple)):
+        return [t for item in x for t in _tensors_in(item)]
+    return []
+
+
 def _grad_tensors(engine: Any) -> list[torch.Tensor]:
     """Every gradient buffer the rank holds: .grad of model parameters and ZeRO's own buffers."""
     out = [p.grad for p in engine.module.parameters() if p.grad is not None]
@@ -307,10 +320,9 @@ def _grad_tensors(engine: Any) -> list[torch.Tensor]:
         t = getattr(opt, name, None)
         if isinstance(t, torch.Tensor):
             out.append(t)
-    for group in getattr(opt, "averaged_gradients", {}).values() or []:
-        out.extend(t for t in group or [] if isinstance(t, torch.Tensor))
-    for bucket in getattr(opt, "ipg_buckets", {}).values() or []:  # ZeRO-2 reduce buckets
-        out.extend(t for t in getattr(bucket, "buffer", []) if isinstance(t, torch.Tensor))
+    out.extend(_tensors_in(getattr(opt, "averaged_gradients", None)))
+    for bucket in (getattr(opt, "ipg_buckets", None) or {}).values():  # ZeRO-2/3 reduce buckets
+        out.extend(_tensors_in(getattr(bucket, "buffer", None)))
     inner = getattr(opt, "optimizer", opt)
     out.extend(p.grad for g in inner.param_groups for p in g["params"] if p.grad is not None)
     return out

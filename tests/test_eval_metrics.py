@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from seqrec.evaluation import metrics as metrics_module
 from seqrec.evaluation.metrics import metric_names, metrics_from_ranks, pointwise_auc, target_ranks
 
 KS = [1, 2, 5, 10]
@@ -128,3 +129,44 @@ def test_pointwise_auc_hand_cases() -> None:
     assert math.isnan(pointwise_auc(torch.tensor([0.5, 0.4]), torch.tensor([1, 1])))
     with pytest.raises(ValueError, match="NaN"):
         pointwise_auc(torch.tensor([float("nan"), 0.1]), torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_column_list_masking_equals_the_dense_mask_and_the_naive_loop(seed: int) -> None:
+    # History lists as full ranking gets them: repeats, -1 padding, sometimes the target itself.
+    g = torch.Generator().manual_seed(seed)
+    b, c, h = 64, 30, 12
+    scores = torch.randint(0, 4, (b, c), generator=g).float()  # many ties
+    scores[torch.rand(b, c, generator=g) < 0.05] = float("nan")
+    targets = torch.randint(0, c, (b,), generator=g)
+    cols = torch.randint(0, c // 2, (b, h), generator=g)  # half the catalogue: many repeats
+    cols[torch.rand(b, h, generator=g) < 0.25] = -1
+    cols[::3, 0] = targets[::3]  # the target in its own history: still ranked
+    dense = torch.zeros(b, c + 1, dtype=torch.bool).scatter_(1, cols.where(cols >= 0, c), True)[:, :c]
+    got = target_ranks(scores, targets, exclude_cols=cols)
+    assert [t.tolist() for t in got] == [t.tolist() for t in target_ranks(scores, targets, dense)]
+    for i in range(b):
+        excluded = {int(j) for j in cols[i] if j >= 0 and j != targets[i]}
+        assert (got[0][i].item(), got[1][i].item()) == naive_rank(
+            scores[i].tolist(), int(targets[i]), excluded
+        )
+
+
+def test_column_list_masking_rejects_bad_input() -> None:
+    scores, targets = torch.zeros(1, 4), torch.tensor([0])
+    with pytest.raises(ValueError, match="column 4"):
+        target_ranks(scores, targets, exclude_cols=torch.tensor([[1, 4]]))
+    with pytest.raises(ValueError, match="not both"):
+        target_ranks(scores, targets, torch.zeros(1, 4, dtype=torch.bool), torch.tensor([[1]]))
+
+
+def test_chunked_counting_over_the_catalogue_matches_one_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large catalogues are counted in column chunks; chunk edges must neither drop nor repeat a column.
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randint(0, 5, (6, 101), generator=g).float()
+    scores[0, 50] = float("nan")
+    targets = torch.randint(0, 101, (6,), generator=g)
+    one_pass = target_ranks(scores, targets, torch.zeros_like(scores, dtype=torch.bool))  # dense path
+    for chunk in (1, 6, 7, 606, 10_000):
+        monkeypatch.setattr(metrics_module, "_COUNT_CHUNK", chunk)
+        assert [t.tolist() for t in target_ranks(scores, targets)] == [t.tolist() for t in one_pass]

@@ -126,7 +126,9 @@ def collect_ranks(
             batch = {k: v.to(dev) if isinstance(v, Tensor) else v for k, v in batch.items()}
             scores = model.score_batch(batch).float()  # [B, N]
             ranking = protocol.rank_input(scores, batch)
-            ranks, n_others = target_ranks(ranking.scores, ranking.target_col, ranking.exclude)  # [B], [B]
+            ranks, n_others = target_ranks(
+                ranking.scores, ranking.target_col, ranking.exclude, ranking.exclude_cols
+            )  # [B], [B]
             rows = torch.stack(
                 [batch["user_idx"].long(), ranking.target_item.long(), ranks, n_others, ranking.keep.long()],
                 dim=1,

@@ -51,6 +51,7 @@ class Ranking:
     exclude: Tensor | None  # [B, C] bool, True = not a candidate (masked or padding)
     target_item: Tensor  # [B] long, item_idx of the target (for cold-item slices and per-user rows)
     keep: Tensor  # [B] bool, False = user not evaluated under this protocol (e.g. not in the file)
+    exclude_cols: Tensor | None = None  # [B, H] long, masked columns as a list (-1 = padding)
 
 
 class Protocol(ABC):
@@ -94,12 +95,11 @@ class FullRanking(Protocol):
 
     def rank_input(self, scores: Tensor, batch: dict[str, Tensor]) -> Ranking:
         target = batch["eval_target"].to(scores.device).long()  # [B]
-        exclude = None
-        if self.mask_history:
-            exclude = history_mask(batch["history_items"].to(scores.device).long(), scores.shape[1])
-            exclude.scatter_(1, target.unsqueeze(1), False)  # the target is never masked
+        # The history stays a [B, H] list: target_ranks subtracts it without a [B, n_items] mask
+        # and never masks the target, even when it also occurs in the history.
+        history = batch["history_items"].to(scores.device).long() if self.mask_history else None
         keep = torch.ones_like(target, dtype=torch.bool)
-        return Ranking(scores, target, exclude, target, keep)
+        return Ranking(scores, target, None, target, keep, exclude_cols=history)
 
     def describe(self) -> dict[str, Any]:
         return {
