@@ -77,6 +77,8 @@ _COUNT_CHUNK = 1 << 18
 def _count_strictly_below(scores: Tensor, target_score: Tensor) -> Tensor:
     """[B, C] scores, [B, 1] target scores -> [B] long: columns scoring strictly below the target."""
     width = max(1, _COUNT_CHUNK // max(1, scores.shape[0]))
+    if scores.device.type != "cpu":  # a GPU streams one pass fine; a thousand tiny kernels would not
+        width = scores.shape[1]
     below = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
     for start in range(0, scores.shape[1], width):
         below += (scores[:, start : start + width] < target_score).sum(dim=1)
