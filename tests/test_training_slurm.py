@@ -58,7 +58,11 @@ exit 0
 
 FAKE_SCONTROL = r"""#!/bin/bash
 case "$1 $2" in
-    "show hostnames") printf 'gpu-node-07\ngpu-node-08\n' ;;
+    "show hostnames")
+        printf 'gpu-node-07\ngpu-node-08\n'
+        # A big allocation's node list: more output than a pipe holds, so a reader that stops
+        # after the first line (`| head -n1`) kills scontrol with SIGPIPE.
+        for ((i = 0; i < ${FAKE_EXTRA_HOSTS:-0}; i++)); do echo "gpu-node-x$i"; done ;;
     "requeue "*) echo "$2" > "$FAKE_LOG/requeued" ;;
 esac
 """
@@ -119,6 +123,22 @@ def test_multi_node_starts_one_launcher_per_node_with_its_rank(
         assert args[-2:] == ["train.lr=3e-4", "train.output_dir=runs/a b"]  # overrides intact
         assert "SIGUSR1" in (tmp_path / f"accelerate-{node}.env").read_text()
     assert not (tmp_path / "requeued").exists()
+
+
+def test_master_addr_from_a_long_node_list(tmp_path: Path, fake_cluster: dict[str, str]) -> None:
+    # `set -o pipefail` turns a SIGPIPE'd scontrol into a failed job (exit 141), as CI once saw.
+    env = {**fake_cluster, "FAKE_EXTRA_HOSTS": "20000"}
+    script = str(REPO / "slurm" / "train_multi_node.sbatch")
+    result = subprocess.run(
+        ["bash", script, "train/configs/demo.yaml"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "--main_process_ip\ngpu-node-07\n" in (tmp_path / "accelerate-0.args").read_text()
 
 
 def test_usr1_reaches_training_and_requeues(tmp_path: Path, fake_cluster: dict[str, str]) -> None:
