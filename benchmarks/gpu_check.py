@@ -617,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, help="The device's dense peak when it is not in the table.")
     p.add_argument("--budget-s", type=float, default=450.0, help="Total seconds; later cases are skipped.")
     p.add_argument("--work", help="Scratch folder (default: a temporary one, removed at the end).")
+    p.add_argument("--cases", help="Run only the cases whose name contains this text.")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--reload", help=argparse.SUPPRESS)
     p.add_argument("--users", type=int, default=1200)
@@ -680,7 +681,8 @@ def main(argv: list[str] | None = None) -> int:
         data = make_data(work / "data", args.users, args.items)
         shapes = SMOKE_SHAPES if args.smoke else SHAPES
         cases = []
-        for i, case in enumerate(plan(args)):
+        chosen = [c for c in plan(args) if not args.cases or args.cases in c["name"]]
+        for i, case in enumerate(chosen):
             case = {**case, "work": str(work / f"case{i}"), "data": str(data)}
             Path(case["work"]).mkdir(parents=True, exist_ok=True)
             reason = skip_reason(case, args.cuda)
