@@ -89,7 +89,7 @@ BUNDLE=benchmarks/gpu_bundle
 PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 "$PY" -m pip install -q --no-index --no-deps --target "$WORK/site" "$BUNDLE"/wheels/*.whl
-tar -xJf "$BUNDLE/tokenizers.tar.xz" -C "$WORK"
+"$PY" -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$BUNDLE/tokenizers.tar.xz" "$WORK"
 export PYTHONPATH="$PWD:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 "$PY" benchmarks/gpu_check.py --bundle "$WORK" --out "${OUT:-benchmarks/results}" "$@"

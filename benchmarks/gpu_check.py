@@ -55,6 +55,7 @@ import logging
 import os
 import platform
 import resource
+import shlex
 import socket
 import subprocess
 import sys
@@ -539,7 +540,7 @@ def write_report(res: dict[str, Any], out: Path) -> None:
         "# GPU check (benchmarks/gpu_check.py)",
         "",
         f"Device: {res['device']}; torch {res['versions'].get('torch')}, deepspeed "
-        f"{res['versions'].get('deepspeed')}; {'SMOKE RUN (tiny models on CPU), not a GPU measurement' if a['smoke'] else 'bf16'}.",
+        f"{res['versions'].get('deepspeed')}; {'SMOKE RUN (tiny models on CPU), not a GPU measurement; ' if a['smoke'] else ''}precision {a['precision']}.",
         f"Command: `{res['command']}`",
         "",
         f"Joint stage, LoRA, synthetic data ({a['users']} users, {a['items']} items); batch {a['batch_size']} users x "
@@ -573,6 +574,14 @@ def write_report(res: dict[str, Any], out: Path) -> None:
             f"| {peak} | {fmt(None if mem is None else mem / 2**30, '.2f')} | {trip} | {fmt(c.get('case_seconds'), '.0f')} |"
         )
     lines.append("")
+    goal = next((c for c in res["cases"] if c["name"] == "qwen2.5-0.5b-shape zero2 lora"), None)
+    if goal is not None and goal.get("mfu") is not None:
+        verdict = "met" if goal["mfu"] >= 0.30 else "NOT met"
+        lines += [
+            f"Goal MFU >= 30% on the ~0.5B decoder under ZeRO-2, bf16 (issue 10): {verdict} "
+            f"({100 * goal['mfu']:.1f}% at {a['window_tokens']} tokens per window, batch {a['batch_size']} users).",
+            "",
+        ]
     for c in res["cases"]:
         if c["status"] not in ("ok",) and not c["status"].startswith("skipped"):
             lines += [f"## {c['name']}: {c['status']}", "", "```", c.get("log_tail", "")[-1500:], "```", ""]
@@ -716,7 +725,7 @@ def main(argv: list[str] | None = None) -> int:
             "device": torch.cuda.get_device_name()
             if args.cuda
             else f"CPU ({platform.processor() or platform.machine()})",
-            "command": "python benchmarks/gpu_check.py " + " ".join(args.passthrough),
+            "command": shlex.join(["python", "benchmarks/gpu_check.py", *args.passthrough]),
             "versions": versions(),
             "settings": {
                 k: getattr(args, k)
