@@ -155,6 +155,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
         {"name": f"{big} zero2 flash-attention-2", "model": big, "zero": 2, "attn": "fa2"},
         {"name": f"{bert} zero2 lora", "model": bert, "zero": 2},
         {"name": f"{small} zero3 lora", "model": small, "zero": 3},
+        # Diagnostic: if the bf16 cases fail and this one runs, the fault is dtype handling.
+        {"name": f"{small} zero2 lora fp32", "model": small, "zero": 2, "precision": "no"},
     ]
 
 
@@ -286,6 +288,7 @@ def case_config(case: dict[str, Any], args: argparse.Namespace, data: Path, back
     from seqrec.training.run import resolve_config
 
     never = 10**9
+    precision = case.get("precision", args.precision)
     ds = "null" if case["zero"] == 0 else f"ds_configs/zero{case['zero']}.json"
     attn = "flash_attention_2" if case.get("attn") == "fa2" else "sdpa"
     overrides = [
@@ -300,7 +303,7 @@ def case_config(case: dict[str, Any], args: argparse.Namespace, data: Path, back
         f"train.eval_max_users={args.eval_users}",
         "train.tracker=none",
         "train.patience=0",
-        f"train.mixed_precision='{args.precision}'",  # quoted: YAML reads a bare no as false
+        f"train.mixed_precision='{precision}'",  # quoted: YAML reads a bare no as false
         f"train.deepspeed={ds}",
         f"model.backbone.name={backbone}",
         f"model.backbone.attn_implementation={attn}",
@@ -315,8 +318,8 @@ def case_config(case: dict[str, Any], args: argparse.Namespace, data: Path, back
         f"text.max_window_tokens={args.window_tokens}",
         "text.max_item_tokens=32",
     ]
-    if args.precision != "no":
-        overrides.append(f"model.backbone.dtype={'bfloat16' if args.precision == 'bf16' else 'float16'}")
+    if precision != "no":
+        overrides.append(f"model.backbone.dtype={'bfloat16' if precision == 'bf16' else 'float16'}")
     return resolve_config(None, data=str(data), output=str(out), overrides=overrides)
 
 
@@ -717,7 +720,9 @@ def main(argv: list[str] | None = None) -> int:
             cases.append(
                 {
                     "name": case["name"],
-                    **{k: v for k, v in case.items() if k in ("model", "zero", "method", "attn")},
+                    **{
+                        k: v for k, v in case.items() if k in ("model", "zero", "method", "attn", "precision")
+                    },
                     **rec,
                 }
             )
