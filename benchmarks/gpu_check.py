@@ -408,6 +408,7 @@ def worker(case: dict[str, Any], args: argparse.Namespace, report: Path) -> int:
     cfg = case_config(case, args, Path(case["data"]), case["backbone"], out)
     step_times: list[float] = []
     nonpad: list[int] = []
+    padded: list[int] = []
     built: list[Any] = []
     real_trainer = loop.Trainer
 
@@ -420,11 +421,13 @@ def worker(case: dict[str, Any], args: argparse.Namespace, report: Path) -> int:
             step_times.append(time.perf_counter())
 
         trainer.step_hooks.append(step_end)
-        trainer.unwrapped.register_forward_hook(
-            lambda _m, _i, o: (
-                nonpad.append(int(o.metrics["nonpad_tokens"])) if trainer.unwrapped.training else None
-            )
-        )
+
+        def counted(_m: Any, _i: Any, o: Any) -> None:
+            if trainer.unwrapped.training:  # training forwards only (validation scores differently)
+                nonpad.append(int(o.metrics["nonpad_tokens"]))
+                padded.append(int(o.metrics["tokens"]))
+
+        trainer.unwrapped.register_forward_hook(counted)
         built.append(trainer)
         return trainer
 
@@ -455,6 +458,7 @@ def worker(case: dict[str, Any], args: argparse.Namespace, report: Path) -> int:
         "timed_seconds": span,
         "tokens_per_s": tokens_per_s,
         "nonpad_tokens_per_step": tokens / max(1, len(step_times) - w),
+        "padded_tokens_per_s": sum(padded[w : len(step_times)]) / span,
         "flops_per_token": flops_per_token,
         "achieved_tflops": achieved_tflops,
         "peak_tflops": peak,
