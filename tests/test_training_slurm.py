@@ -3,6 +3,11 @@
 The fakes record what each node's launcher would be started with, and let a test play the
 scheduler: send SIGUSR1 to the batch script and check that it reaches the training step and that
 the job requeues itself.
+
+Where Debian's slurm-wlm and munge are installed and the tests run as root (CI), a real
+single-node SLURM (munged + slurmctld + slurmd, configured in a temporary folder) runs
+train_single_node.sbatch: preempted with SIGUSR1, the job requeues, resumes from its checkpoint
+and ends bit-identical to an uninterrupted job. Without them that test skips with the reason.
 """
 
 from __future__ import annotations
