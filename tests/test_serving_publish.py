@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from seqrec.cli import main
 from seqrec.errors import CheckpointError
+from seqrec.manifest import seal_model_folder
 from seqrec.modeling import SeqRecModel
 from tests.tiny_models import (  # noqa: F401  (fixtures)
     item_tokens,
@@ -111,6 +112,7 @@ def test_dry_run_folder_holds_only_weights_config_and_card(dry_run, tiny_data_di
         "adapter_config.json",
         "adapter_model.safetensors",
         "head.safetensors",
+        "manifest.json",
         "seqrec_config.json",
         "seqrec_model.json",
     ]
@@ -339,6 +341,7 @@ def test_wrong_shapes_are_named(saved, tmp_path, capsys):
     head = load_file(str(folder / "head.safetensors"))
     head["fusion.mlp.0.weight"] = torch.zeros(3, 3)
     save_file(head, str(folder / "head.safetensors"))
+    seal_model_folder(folder)  # consistent but of the wrong shape (the manifest would refuse it first)
     _fails_everywhere(folder, r"head\.safetensors: tensor fusion\.mlp\.0\.weight has shape \[3, 3\]", capsys)
 
 

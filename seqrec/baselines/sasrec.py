@@ -27,6 +27,7 @@ from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config, read_weights,
 from seqrec.config import RunConfig, SASRecConfig
 from seqrec.data.schema import atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.manifest import seal_model_folder
 
 
 @dataclass
@@ -154,6 +155,7 @@ class SASRec(nn.Module):
         with atomic_directory(path, overwrite=True) as tmp:
             write_run_config(tmp, cfg, "sasrec")
             save_file(state, str(tmp / WEIGHTS_FILE))
+            seal_model_folder(tmp)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> SASRec:

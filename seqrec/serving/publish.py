@@ -37,6 +37,7 @@ from typing import Any
 from seqrec.config import ConfigError, RunConfig, from_dict, save_config, to_dict
 from seqrec.data.schema import atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.manifest import check_finite, check_model_folder, seal_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ def check_weight_files(checkpoint: Path, meta: dict[str, Any]) -> None:
     files = meta.get("files") or {}
     for key in ("head", "adapter"):
         if files.get(key):
-            read_safetensors(checkpoint / str(files[key]))
+            check_finite(read_safetensors(checkpoint / str(files[key])), checkpoint / str(files[key]))
 
 
 def _copy_model_files(checkpoint: Path, dst: Path, meta: dict[str, Any]) -> None:
@@ -416,6 +417,7 @@ def prepare_folder(
         raise ConfigError(f"--license {license!r} must be a hub license id such as apache-2.0 or mit")
     meta, cfg = read_checkpoint(checkpoint)
     check_weight_files(checkpoint, meta)
+    check_model_folder(checkpoint)  # sizes and sha256 against the manifest written at save
     real_base = str(meta.get("base_model") or cfg.model.backbone.name)
     base = base_model or real_base
     warnings = []
@@ -443,6 +445,7 @@ def prepare_folder(
             )
         card = make_card(repo_id, published_cfg, meta, base, name, reports, license)
         card.save(tmp / CARD_FILE)
+        seal_model_folder(tmp)  # a fresh manifest: the config and adapter config were rewritten
         check_card(
             tmp / CARD_FILE,
             {
