@@ -130,9 +130,14 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_recommend(args: argparse.Namespace) -> int:
+    from seqrec.config import ConfigError
     from seqrec.serving.incremental import read_events
     from seqrec.serving.recommend import Recommender
 
+    if args.k < 1:
+        raise ConfigError(f"--k must be a positive number of items, got {args.k}")
+    if args.explain < 0:
+        raise ConfigError(f"--explain must be >= 0, got {args.explain}")
     t0 = time.perf_counter()
     rec = Recommender.from_checkpoint(args.checkpoint, args.data, args.embeddings)
     events: list[Any] = []

@@ -36,6 +36,7 @@ from seqrec.config import RunConfig, save_config
 from seqrec.errors import CheckpointError
 from seqrec.manifest import MANIFEST_FILE, read_manifest, verify_files, write_text_durably
 from seqrec.manifest import write_manifest as _write_manifest
+from seqrec.training.run_folder import set_history_aside
 
 if TYPE_CHECKING:
     from accelerate.accelerator import Accelerator
@@ -234,6 +235,8 @@ def resolve_resume(accelerator: Accelerator, output_dir: str | Path, resume: str
                 log.info(
                     "resume=auto: no complete checkpoint in %s, starting fresh", checkpoints_root(output_dir)
                 )
+                # The new run's validation history must not be appended to the old run's.
+                set_history_aside(Path(output_dir))
         else:
             problem = verify_checkpoint(Path(resume))
             decision = (
