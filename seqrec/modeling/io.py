@@ -9,11 +9,14 @@ Layout (written atomically: a temporary folder renamed into place)::
                                 item tower, ranking head
     seqrec_config.json          the resolved RunConfig (model.backbone.hidden_size filled in)
     seqrec_model.json           format version, n_items, profile spec, behaviours, feature width, files
+    manifest.json               size and sha256 of every file above (seqrec/manifest.py), written last
 
 A frozen backbone saves no backbone weights (the base is loaded by name). A head-stage model (no
-backbone) saves none either; when its folder also holds the stage-1 adapter that produced its
-features, loading restores base + adapter so the model can encode new windows (``load_backbone=False``
-skips that). Loading never unpickles
+backbone) saves none either; loading restores the encoder that made its features so it can encode
+new windows: the frozen base, or base + the stage-1 adapter its folder carries after
+``train.init_from`` (``load_backbone=False`` skips that and scores from cached features). Every
+file is checked against the manifest (a folder without one loads with a warning) and every
+loaded weight must be finite. Loading never unpickles
 and never runs code from the folder: a pickle file where safetensors are expected, a missing file,
 or tensors with the wrong names or shapes raise CheckpointError naming the file; remote code stays
 off unless the caller passes ``trust_remote_code=True`` (a saved config cannot turn it on).

@@ -18,6 +18,7 @@ Only the main process (``RANK`` 0, or a single process) guards and locks; the ot
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -108,24 +109,37 @@ def run_folder_lock(folder: Path) -> Iterator[None]:
     path = folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = _read_holder(path)
-            raise RunFolderError(
-                f"train.output_dir {folder} is in use by another training run ({holder}); wait for it "
-                "to finish, stop it, or choose another --output"
-            ) from None
-        info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-        os.ftruncate(fd, 0)
-        os.write(fd, (json.dumps(info) + "\n").encode())
+        locked = _try_lock(fd, path, folder)
+        if locked:
+            info = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+            os.ftruncate(fd, 0)
+            os.write(fd, (json.dumps(info) + "\n").encode())
         try:
             yield
         finally:
-            os.ftruncate(fd, 0)
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            if locked:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def _try_lock(fd: int, path: Path, folder: Path) -> bool:
+    """True once locked; RunFolderError when another process holds it; False (with a warning)
+    on a file system without flock support (some network file systems): the run goes on unlocked."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+            log.warning("cannot lock %s (%s); running without the run-folder lock", path, e)
+            return False
+        raise RunFolderError(
+            f"train.output_dir {folder} is in use by another training run ({_read_holder(path)}); wait for "
+            "it to finish, stop it, or choose another --output"
+        ) from None
+    return True
 
 
 def _read_holder(path: Path) -> str:
