@@ -257,3 +257,22 @@ def test_an_alias_backbone_model_loads_without_hub_lookups(tiny_data, tmp_path, 
     monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: connect(None, a[:2]))  # DNS lookups too
     assert SeqRecModel.from_pretrained(tmp_path / "m").encoder is not None
     assert attempts == []
+
+
+def test_bert_lora_targets_leave_the_pooler_alone(tiny_backbones):
+    """A plain BertModel (as `PeftModel.from_pretrained` loads the published adapter on) has a
+    pooler.dense that a bare "dense" target would adapt; seqrec drops the pooler, so its adapter
+    would lack those weights and peft warns about missing keys."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModel
+
+    from seqrec.modeling.adapters import TARGET_MODULES
+
+    base = AutoModel.from_pretrained(tiny_backbones("bert"))
+    assert base.pooler is not None
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=TARGET_MODULES["bert"]))
+    adapted = {name.rsplit(".lora_A", 1)[0] for name, _ in model.named_modules() if name.endswith("lora_A")}
+    assert adapted and not any("pooler" in name for name in adapted)
+    for suffix in ("query", "key", "value", "attention.output.dense", "intermediate.dense"):
+        assert any(name.endswith(suffix) for name in adapted), suffix
+    assert any(name.endswith("output.dense") and "attention" not in name for name in adapted)
