@@ -134,6 +134,13 @@ def first_message(proc: subprocess.CompletedProcess[str], root: Path) -> str:
     return text if len(text) <= 220 else text[:217] + "..."
 
 
+def newest_state(run: Path) -> dict[str, Any]:
+    """trainer_state.json of the newest checkpoint (by step number) of a run folder."""
+    steps = [p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")]
+    newest = max(steps, key=lambda p: int(p.name.split("-")[1]))
+    return dict(json.loads((newest / "trainer_state.json").read_text()))
+
+
 def flip_bytes(path: Path, count: int = 64) -> None:
     raw = bytearray(path.read_bytes())
     for i in range(count):
@@ -392,13 +399,9 @@ def training_cases(w: Work, skip_launch: bool) -> list[Case]:
         shutil.rmtree(out, ignore_errors=True)
         args = ["--model", "sasrec", "sasrec.d_model=8", "train.epochs=3"]
         check(w.train(out, *args, "train.max_minutes=0.000001"))
-        first = json.loads(
-            sorted((out / "checkpoints").iterdir())[-1].joinpath("trainer_state.json").read_text()
-        )
+        first = newest_state(out)
         proc = w.train(out, *args, "train.max_minutes=30", "--resume", "auto")
-        state = json.loads(
-            sorted((out / "checkpoints").iterdir())[-1].joinpath("trainer_state.json").read_text()
-        )
+        state = newest_state(out)
         what = f"continued: step {first['global_step']} -> {state['global_step']} ({state['stop_reason']})"
         return w.outcome(proc, what)
 
@@ -527,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", help="Scratch folder (default: a temporary one, removed after).")
     parser.add_argument("--skip-launch", action="store_true", help="Leave out the accelerate launch case.")
-    parser.add_argument("--only", help="Run only cases whose fault text contains this (no files written).")
+    parser.add_argument("--only", help="Run only cases whose fault text matches this regex (no files written).")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="seqrec-faults-") as tmp:
@@ -538,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         work.setup()
         cases = data_cases(work) + model_cases(work) + training_cases(work, args.skip_launch)
         if args.only:
-            cases = [c for c in cases if args.only in c.fault]
+            cases = [c for c in cases if re.search(args.only, c.fault)]
         for i, case in enumerate(cases, 1):
             t0 = time.perf_counter()
             case.result = case.run(root)
