@@ -276,3 +276,24 @@ def test_bert_lora_targets_leave_the_pooler_alone(tiny_backbones):
     for suffix in ("query", "key", "value", "attention.output.dense", "intermediate.dense"):
         assert any(name.endswith(suffix) for name in adapted), suffix
     assert any(name.endswith("output.dense") and "attention" not in name for name in adapted)
+
+
+def test_head_stage_after_a_full_fine_tune_loads_the_tuned_backbone(tiny_backbones, tiny_data, tmp_path):
+    """train.init_from a fully fine-tuned stage 1: the head folder carries its backbone/ and
+    serving encodes with it, not with the pretrained base."""
+    from tests.tiny_models import tiny_run_config
+
+    torch.manual_seed(0)
+    cfg = tiny_run_config(tiny_backbones("bert"), **{"model.adapter.method": "full"})
+    stage1 = SeqRecModel.from_data(cfg, tiny_data)
+    with torch.no_grad():
+        for p in stage1.encoder.backbone.parameters():  # "tuned": away from the pretrained base
+            p.add_(0.05 * torch.randn_like(p))
+    stage1.save_pretrained(tmp_path / "stage1")
+    head_cfg = tiny_run_config(tiny_backbones("bert"), **{"model.backbone.hidden_size": stage1.feature_dim})
+    SeqRecModel.from_data(head_cfg, tiny_data, load_backbone=False).save_pretrained(tmp_path / "head")
+    shutil.copytree(tmp_path / "stage1" / "backbone", tmp_path / "head" / "backbone")  # as the head stage does
+    seal_model_folder(tmp_path / "head")
+    loaded = SeqRecModel.from_pretrained(tmp_path / "head")
+    texts = ["viewed: red skin care product 1"]
+    torch.testing.assert_close(loaded.encode_texts(texts), stage1.eval().encode_texts(texts))

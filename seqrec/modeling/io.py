@@ -191,7 +191,9 @@ def _head_stage_backbone(cfg: RunConfig, path: Path, carries_adapter: bool) -> N
     stage-1 adapter in the folder, its own peft config (rank, alpha, targets) is used; without
     one, the features came from the frozen base."""
     if not carries_adapter:
-        cfg.model.adapter.method = "frozen"
+        # A fully fine-tuned stage 1 (train.init_from) leaves its tuned backbone in backbone/.
+        tuned = (path / BACKBONE_DIR / "config.json").is_file()
+        cfg.model.adapter.method = "full" if tuned else "frozen"
         return
     peft_cfg = _read_json(path / ADAPTER_CONFIG)
     adapter = cfg.model.adapter
