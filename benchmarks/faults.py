@@ -530,7 +530,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", help="Scratch folder (default: a temporary one, removed after).")
     parser.add_argument("--skip-launch", action="store_true", help="Leave out the accelerate launch case.")
-    parser.add_argument("--only", help="Run only cases whose fault text matches this regex (no files written).")
+    parser.add_argument(
+        "--only", help="Run only cases whose fault text matches this regex (no files written)."
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="seqrec-faults-") as tmp:

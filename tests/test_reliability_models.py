@@ -292,7 +292,9 @@ def test_head_stage_after_a_full_fine_tune_loads_the_tuned_backbone(tiny_backbon
     stage1.save_pretrained(tmp_path / "stage1")
     head_cfg = tiny_run_config(tiny_backbones("bert"), **{"model.backbone.hidden_size": stage1.feature_dim})
     SeqRecModel.from_data(head_cfg, tiny_data, load_backbone=False).save_pretrained(tmp_path / "head")
-    shutil.copytree(tmp_path / "stage1" / "backbone", tmp_path / "head" / "backbone")  # as the head stage does
+    shutil.copytree(
+        tmp_path / "stage1" / "backbone", tmp_path / "head" / "backbone"
+    )  # as the head stage does
     seal_model_folder(tmp_path / "head")
     loaded = SeqRecModel.from_pretrained(tmp_path / "head")
     texts = ["viewed: red skin care product 1"]
