@@ -307,9 +307,16 @@ def model_cases(w: Work) -> list[Case]:
         proc = w.seqrec("evaluate", "--checkpoint", str(folder), "--split", "test")
         return w.outcome(proc, "loads, with a warning" if "manifest" in proc.stderr else "loads")
 
-    def baseline_recommend(_: Path) -> Outcome:
-        proc = w.seqrec("recommend", "--checkpoint", str(w.runs["sasrec"] / "best"), "--user", "u01")
-        return w.outcome(proc, "refused, says what it is")
+    def baseline(command: str, *extra: str) -> Callable[[Path], Outcome]:
+        def go(_: Path) -> Outcome:
+            best = str(w.runs["sasrec"] / "best")
+            if command == "recommend":
+                proc = w.seqrec("recommend", "--checkpoint", best, "--user", "u01", *extra)
+            else:
+                proc = w.seqrec("export", "--checkpoint", best, "--out", str(w.root / "export-sasrec"))
+            return w.outcome(proc, "served" if proc.returncode == 0 else "refused, says what it is")
+
+        return go
 
     events = w.root / "new-events.jsonl"
     events.write_text('{"item_id": "i03", "behavior": "buy", "timestamp": 1900000000}\n')
@@ -327,7 +334,10 @@ def model_cases(w: Work) -> list[Case]:
         ]  # fmt: skip
     cases += [
         Case("serving", "`evaluate` on a head-stage model", 0, serve("head", "evaluate"), "evaluate --split test"),
-        Case("serving", "`recommend` on a SASRec folder", 2, baseline_recommend, "recommend --checkpoint sasrec/best"),
+        Case("serving", "`recommend` on a SASRec folder", 0, baseline("recommend"), "recommend --checkpoint sasrec/best"),
+        Case("serving", "`recommend --events` on a SASRec folder", 0, baseline("recommend", "--events", str(events)),
+             "recommend --events new.jsonl"),
+        Case("serving", "`export` on a SASRec folder", 2, baseline("export"), "export --checkpoint sasrec/best"),
         Case("model folder", "64 flipped bytes in `head.safetensors`", 2,
              damaged("head", "head.safetensors", lambda f: flip_bytes(f / "head.safetensors"), "recommend"), "recommend"),
         Case("model folder", "64 flipped bytes in `adapter_model.safetensors`", 2,

@@ -90,13 +90,32 @@ def test_every_seqrec_folder_serves_recommend_export_evaluate_publish(runs, run,
 
 
 @pytest.mark.parametrize("run", ["sasrec", "popularity"])
-def test_baseline_folders_evaluate_and_serving_says_what_it_serves(runs, run, capsys):
+def test_baseline_folders_evaluate_recommend_and_say_what_they_are(runs, run, tmp_path, capsys):
     best = str(runs[run] / "best")
     assert main(["evaluate", "--checkpoint", best, "--split", "test"]) == 0
     capsys.readouterr()
-    assert main(["recommend", "--checkpoint", best, "--user", "U001"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"a {run} model" in err
+    assert main(["recommend", "--checkpoint", best, "--user", "U001", "--json", "--k", "5"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    seen = set(PreparedData.load(answer_data(runs)).sequence(1)[0].tolist())
+    assert len(answer["items"]) == 5 and not seen & {item["item_idx"] for item in answer["items"]}
+    events = _events(tmp_path)
+    assert main(["recommend", "--checkpoint", best, "--user", "U001", "--events", str(events), "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["new_events"] == 1 and "I004" not in {item["item_id"] for item in answer["items"]}
+    assert main(["recommend", "--checkpoint", best, "--user", "U001"]) == 0
+    assert "Top 10 items" in capsys.readouterr().out
+    for argv in (
+        ["export", "--checkpoint", best, "--out", str(tmp_path / "exp")],
+        ["publish", "--checkpoint", best, "--repo-id", "a/b", "--dry-run", "--out", str(tmp_path / "p")],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"a {run} model" in err
+
+
+def answer_data(runs: dict[str, Path]) -> str:
+    """The data_dir the runs were trained on (saved in their config)."""
+    return str(json.loads((runs["sasrec"] / "best" / "seqrec_config.json").read_text())["data_dir"])
 
 
 @pytest.mark.parametrize("run", ["head", "head_init"])

@@ -206,8 +206,10 @@ def _head_stage_backbone(cfg: RunConfig, path: Path, carries_adapter: bool) -> N
         adapter.method = "dora" if peft_cfg.get("use_dora") else "lora"
 
 
-def _baseline_kind(path: Path) -> str:
+def baseline_kind(path: Path) -> str:
     """train.model of a baseline folder (SASRec, popularity), '' when it is not one."""
+    if (path / MODEL_META).is_file() or not (path / "model.safetensors").is_file():
+        return ""
     try:
         saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         kind = saved["train"]["model"]
@@ -224,11 +226,11 @@ def load_model(
 ) -> SeqRecModel:
     path = resolve_model_dir(name_or_path)
     if not (path / MODEL_META).is_file() and (path / "model.safetensors").is_file():
-        kind = _baseline_kind(path)
+        kind = baseline_kind(path)
         if kind:
             raise CheckpointError(
                 f"{path} holds a {kind} model: this needs a seqrec model (a baseline folder works with "
-                "`seqrec evaluate`)"
+                "`seqrec evaluate` and `seqrec recommend`)"
             )
     meta = _read_json(path / MODEL_META)
     if meta.get("format_version") != FORMAT_VERSION:

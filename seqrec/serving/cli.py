@@ -131,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
 
 def run_recommend(args: argparse.Namespace) -> int:
     from seqrec.config import ConfigError
+    from seqrec.modeling.io import baseline_kind
     from seqrec.serving.incremental import read_events
     from seqrec.serving.recommend import Recommender
 
@@ -139,11 +140,19 @@ def run_recommend(args: argparse.Namespace) -> int:
     if args.explain < 0:
         raise ConfigError(f"--explain must be >= 0, got {args.explain}")
     t0 = time.perf_counter()
-    rec = Recommender.from_checkpoint(args.checkpoint, args.data, args.embeddings)
+    kind = baseline_kind(Path(args.checkpoint))
+    rec: Any
+    if kind:  # a SASRec or popularity folder: the same request, no window explanation
+        from seqrec.serving.baseline import BaselineRecommender
+
+        rec = BaselineRecommender.from_checkpoint(args.checkpoint, kind, args.data)
+        last_time, catalogue = rec.last_time, rec.catalogue
+    else:
+        rec = Recommender.from_checkpoint(args.checkpoint, args.data, args.embeddings)
+        last_time, catalogue = rec.encoder.last_time, rec.encoder.catalogue
     events: list[Any] = []
     if args.events:
-        after = rec.encoder.last_time(args.user)
-        events = read_events(args.events, rec.encoder.catalogue, args.user, after)
+        events = read_events(args.events, catalogue, args.user, last_time(args.user))
     result = rec.recommend(args.user, args.k, events, args.include_seen, args.explain)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))

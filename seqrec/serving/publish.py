@@ -347,9 +347,16 @@ def check_card(path: Path, expected: dict[str, Any]) -> Any:
 def read_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], RunConfig]:
     """(seqrec_model.json, the saved RunConfig) of a local model folder; CheckpointError naming the file."""
     from seqrec.config import load_config
+    from seqrec.modeling.io import baseline_kind
 
     if not checkpoint.is_dir():
         raise CheckpointError(f"model folder not found: {checkpoint}")
+    kind = baseline_kind(checkpoint)
+    if kind:
+        raise CheckpointError(
+            f"{checkpoint} holds a {kind} model: publish uploads seqrec models (adapter + head); "
+            "a baseline folder works with `seqrec evaluate` and `seqrec recommend`"
+        )
     meta_path, cfg_path = checkpoint / "seqrec_model.json", checkpoint / CONFIG_FILE
     for path in (meta_path, cfg_path):
         if not path.is_file():
