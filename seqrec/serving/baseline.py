@@ -9,6 +9,8 @@ ranks by training counts for everyone.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -98,3 +100,81 @@ class BaselineRecommender:
                     RecommendedItem(rank, self.catalogue.item_ids[i], i, float(score), self.item_texts[i])
                 )
         return Recommendations(user_id, u is None, len(history), len(events), 0, items, [])
+
+
+@torch.no_grad()
+def export_sasrec(
+    model: Any,
+    data: PreparedData,
+    out: str | Path,
+    users: np.ndarray,
+    model_dir: str | Path,
+    overwrite: bool = False,
+    batch_size: int = 256,
+) -> Any:
+    """`seqrec export` for a SASRec folder: the same files and manifest as a seqrec export, item
+    vectors = SASRec's item embeddings, user vectors = its state after each user's whole history.
+    SASRec's score is the plain dot product (no normalization, temperature 1)."""
+    from datetime import datetime, timezone
+
+    from seqrec import __version__
+    from seqrec.baselines.sequences import _left_pad
+    from seqrec.data.collate import data_fingerprint
+    from seqrec.data.schema import atomic_directory
+    from seqrec.serving import export as ex
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    t0 = time.perf_counter()
+    model.eval()
+    table = model.embedding_table()  # [N + 1, D]
+    items = table[1:].float().cpu().numpy()
+    rows = []
+    for lo in range(0, len(users), batch_size):
+        seqs = [data.sequence(int(u))[0][-model.cfg.max_len :] for u in users[lo : lo + batch_size]]
+        hidden = model.encode(_left_pad(seqs, 0, shift=1), table)[:, -1]  # state after the newest event
+        rows.append(hidden.float().cpu().numpy())
+    user_vecs = np.concatenate(rows) if rows else np.zeros((0, items.shape[1]), dtype=np.float32)
+    item_ids = data.items["item_id"].astype(str).tolist()
+    user_ids = data.users["user_id"].astype(str).to_numpy()[users].tolist()
+    with atomic_directory(out, overwrite=True) as tmp:
+        np.save(tmp / ex.ITEMS_NPY, items, allow_pickle=False)
+        np.save(tmp / ex.USERS_NPY, user_vecs, allow_pickle=False)
+        ex._write_parquet(tmp / ex.ITEMS_PARQUET, "item_id", item_ids, items)
+        ex._write_parquet(tmp / ex.USERS_PARQUET, "user_id", user_ids, user_vecs)
+        index = "exact search (dot products over items.npy)"
+        manifest = {
+            "format_version": ex.FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seqrec_version": __version__,
+            "model": {
+                "folder": str(Path(model_dir).resolve()),
+                "fingerprint": ex.model_fingerprint(model_dir),
+                "base_model": "sasrec",
+                "adapter": "none",
+            },
+            "data": {
+                "folder": str(Path(data.path).resolve()) if data.path is not None else None,
+                "fingerprint": data_fingerprint(data),
+                "source": data.meta.get("source"),
+            },
+            "view": "serve: each user's whole history (newest sasrec.max_len events), no target held out",
+            "dim": int(items.shape[1]),
+            "normalization": "none",
+            "temperature": 1.0,
+            "score": "dot(user, item)",
+            "counts": {"items": int(items.shape[0]), "users": int(user_vecs.shape[0])},
+            "files": {
+                "items": [ex.ITEMS_PARQUET, ex.ITEMS_NPY],
+                "users": [ex.USERS_PARQUET, ex.USERS_NPY],
+                "index": None,
+            },
+            "index": index,
+        }
+        (tmp / ex.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    seconds = time.perf_counter() - t0
+    rate = len(users) / seconds if seconds > 0 else 0.0
+    return ex.ExportResult(
+        out, int(items.shape[0]), int(user_vecs.shape[0]), int(items.shape[1]), seconds, 0.0, rate, index
+    )

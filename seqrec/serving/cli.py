@@ -105,8 +105,31 @@ def run_export(args: argparse.Namespace) -> int:
     from seqrec.config import ConfigError
     from seqrec.data.schema import PreparedData
     from seqrec.modeling import SeqRecModel
+    from seqrec.modeling.io import baseline_kind
     from seqrec.serving.export import export_embeddings, select_users
 
+    kind = baseline_kind(Path(args.checkpoint))
+    if kind == "popularity":
+        raise ConfigError(
+            f"{args.checkpoint} holds a popularity model: it has no embeddings to export (its scores "
+            "are training counts; `seqrec recommend` serves it)"
+        )
+    if kind == "sasrec":
+        from seqrec.baselines.folder import read_run_config
+        from seqrec.baselines.sasrec import SASRec
+        from seqrec.serving.baseline import export_sasrec
+
+        run_cfg = read_run_config(args.checkpoint, "sasrec")
+        data_dir = args.data or run_cfg.data_dir
+        if not data_dir:
+            raise ConfigError("--data is required: the model's config has no data_dir")
+        data = PreparedData.load(data_dir)
+        sasrec = SASRec.from_pretrained(args.checkpoint)
+        result = export_sasrec(
+            sasrec, data, args.out, select_users(data, args.users), args.checkpoint, args.overwrite
+        )
+        print(result.summary())
+        return 0
     model = SeqRecModel.from_pretrained(args.checkpoint).to(_device(args.device))
     data_dir = args.data or model.cfg.data_dir
     if not data_dir:
