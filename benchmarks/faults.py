@@ -312,8 +312,13 @@ def model_cases(w: Work) -> list[Case]:
             best = str(w.runs["sasrec"] / "best")
             if command == "recommend":
                 proc = w.seqrec("recommend", "--checkpoint", best, "--user", "u01", *extra)
-            else:
+            elif command == "export":
                 proc = w.seqrec("export", "--checkpoint", best, "--out", str(w.root / "export-sasrec"))
+            else:
+                out = str(w.root / "publish-sasrec")
+                proc = w.seqrec(
+                    "publish", "--checkpoint", best, "--repo-id", "me/sasrec", "--dry-run", "--out", out
+                )
             return w.outcome(proc, "served" if proc.returncode == 0 else "refused, says what it is")
 
         return go
@@ -338,6 +343,7 @@ def model_cases(w: Work) -> list[Case]:
         Case("serving", "`recommend --events` on a SASRec folder", 0, baseline("recommend", "--events", str(events)),
              "recommend --events new.jsonl"),
         Case("serving", "`export` on a SASRec folder", 0, baseline("export"), "export --checkpoint sasrec/best"),
+        Case("serving", "`publish --dry-run` on a SASRec folder", 0, baseline("publish"), "publish --dry-run"),
         Case("model folder", "64 flipped bytes in `head.safetensors`", 2,
              damaged("head", "head.safetensors", lambda f: flip_bytes(f / "head.safetensors"), "recommend"), "recommend"),
         Case("model folder", "64 flipped bytes in `adapter_model.safetensors`", 2,

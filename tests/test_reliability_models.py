@@ -91,7 +91,7 @@ def test_every_seqrec_folder_serves_recommend_export_evaluate_publish(runs, run,
 
 
 @pytest.mark.parametrize("run", ["sasrec", "popularity"])
-def test_baseline_folders_evaluate_recommend_and_say_what_they_are(runs, run, tmp_path, capsys):
+def test_baseline_folders_evaluate_recommend_export_and_publish(runs, run, tmp_path, capsys):
     best = str(runs[run] / "best")
     assert main(["evaluate", "--checkpoint", best, "--split", "test"]) == 0
     capsys.readouterr()
@@ -105,9 +105,16 @@ def test_baseline_folders_evaluate_recommend_and_say_what_they_are(runs, run, tm
     assert answer["new_events"] == 1 and "I004" not in {item["item_id"] for item in answer["items"]}
     assert main(["recommend", "--checkpoint", best, "--user", "U001"]) == 0
     assert "Top 10 items" in capsys.readouterr().out
-    refused = [
-        ["publish", "--checkpoint", best, "--repo-id", "a/b", "--dry-run", "--out", str(tmp_path / "p")]
+    pub = tmp_path / "pub"
+    assert main(["publish", "--checkpoint", best, "--repo-id", "a/b", "--dry-run", "--out", str(pub)]) == 0
+    assert sorted(p.name for p in pub.iterdir()) == [
+        "README.md",
+        "manifest.json",
+        "model.safetensors",
+        "seqrec_config.json",
     ]
+    assert json.loads((pub / "seqrec_config.json").read_text())["data_dir"] == ""
+    refused = []
     export = ["export", "--checkpoint", best, "--out", str(tmp_path / "exp")]
     if run == "popularity":
         refused.append(export)  # counts, no embeddings

@@ -353,10 +353,7 @@ def read_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], RunConfig]:
         raise CheckpointError(f"model folder not found: {checkpoint}")
     kind = baseline_kind(checkpoint)
     if kind:
-        raise CheckpointError(
-            f"{checkpoint} holds a {kind} model: publish uploads seqrec models (adapter + head); "
-            "a baseline folder works with `seqrec evaluate` and `seqrec recommend`"
-        )
+        raise CheckpointError(f"{checkpoint} holds a {kind} model, not a seqrec model")
     meta_path, cfg_path = checkpoint / "seqrec_model.json", checkpoint / CONFIG_FILE
     for path in (meta_path, cfg_path):
         if not path.is_file():
@@ -418,12 +415,25 @@ def prepare_folder(
     """Write the folder to publish into `out` (atomically) and check it: the card parses with
     huggingface_hub and, with `verify`, the folder loads with SeqRecModel.from_pretrained."""
     from seqrec.modeling import SeqRecModel
+    from seqrec.modeling.io import baseline_kind
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not _REPO_ID.fullmatch(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     if not _LICENSE.fullmatch(license):
         raise ConfigError(f"--license {license!r} must be a hub license id such as apache-2.0 or mit")
+    kind = baseline_kind(checkpoint) if checkpoint.is_dir() else ""
+    if kind:
+        return prepare_baseline_folder(
+            checkpoint,
+            out,
+            repo_id,
+            kind,
+            license=license,
+            dataset=dataset,
+            metrics=metrics,
+            overwrite=overwrite,
+        )
     meta, cfg = read_checkpoint(checkpoint)
     check_weight_files(checkpoint, meta)
     check_model_folder(checkpoint)  # sizes and sha256 against the manifest written at save
@@ -472,6 +482,76 @@ def prepare_folder(
             SeqRecModel.from_pretrained(checkpoint if base_model else tmp)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return PublishPlan(out, repo_id, base, files, removed, [str(p) for p in reports_paths], warnings)
+
+
+def prepare_baseline_folder(
+    checkpoint: Path,
+    out: Path,
+    repo_id: str,
+    kind: str,
+    *,
+    license: str,
+    dataset: str | None,
+    metrics: Sequence[str | Path] | None,
+    overwrite: bool,
+) -> PublishPlan:
+    """The folder to publish for a SASRec or popularity model: its weights, the public config, a
+    manifest and a model card; checked by loading it back (manifest and finite weights included)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config
+    from seqrec.baselines.popularity import PopularityModel
+    from seqrec.baselines.sasrec import SASRec
+
+    loader: Any = SASRec if kind == "sasrec" else PopularityModel
+    loader.from_pretrained(checkpoint)  # manifest, finite weights, shapes
+    cfg = read_run_config(checkpoint, kind)
+    published_cfg, removed = public_config(cfg)
+    reports_paths = [Path(p) for p in metrics] if metrics else find_metrics(checkpoint)
+    reports = [read_metrics(p) for p in reports_paths]
+    name = dataset or dataset_name(cfg)
+    listed = [dataset] if dataset else []
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    what = (
+        f"SASRec (self-attentive sequential recommendation, full cross-entropy; d_model {cfg.sasrec.d_model}, "
+        f"{cfg.sasrec.layers} blocks, the newest {cfg.sasrec.max_len} events)"
+        if kind == "sasrec"
+        else "most popular items (training counts)"
+    )
+    body = f"""
+# {repo_id}
+
+A {what} baseline trained with seqrec on `{name}`. Item ids are those of the prepared data set;
+the data itself is not part of this repository.
+
+## How to load
+
+```python
+from seqrec.baselines.{"sasrec import SASRec" if kind == "sasrec" else "popularity import PopularityModel"}
+model = {"SASRec" if kind == "sasrec" else "PopularityModel"}.from_pretrained("path/to/this/folder")
+```
+
+## Evaluation
+
+{_results_table(reports)}
+"""
+    with atomic_directory(out, overwrite=True) as tmp:
+        shutil.copy2(checkpoint / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+        save_config(published_cfg, tmp / CONFIG_FILE)
+        data = ModelCardData(
+            license=license,
+            tags=[*TAGS, kind],
+            datasets=listed or None,
+            model_name=repo_id.split("/")[-1],
+            eval_results=eval_results(reports, name) or None,
+        )
+        ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(tmp / CARD_FILE)
+        check_card(tmp / CARD_FILE, {"license": license, "datasets": listed or None})
+        seal_model_folder(tmp)
+        loader.from_pretrained(tmp)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return PublishPlan(out, repo_id, kind, files, removed, [str(p) for p in reports_paths])
 
 
 # ---- uploading ---------------------------------------------------------------------------------
