@@ -86,8 +86,12 @@ _LOADED_PATTERNS = ("*.safetensors", "*.json", "backbone/*.safetensors", "backbo
 
 
 def seal_model_folder(folder: str | Path) -> Path:
-    """Write the manifest of a finished model folder (call after its last file is written)."""
-    return write_manifest(Path(folder))
+    """Write the manifest of a finished model folder (call after its last file is written).
+    Markdown files (the model card, which people edit on the Hub) are not weights or configs and
+    are left out."""
+    folder = Path(folder)
+    cards = [p.relative_to(folder).as_posix() for p in folder.rglob("*.md")]
+    return write_manifest(folder, skip=cards)
 
 
 def check_model_folder(folder: str | Path) -> bool:

@@ -339,3 +339,13 @@ def test_head_stage_after_a_full_fine_tune_loads_the_tuned_backbone(tiny_backbon
     loaded = SeqRecModel.from_pretrained(tmp_path / "head")
     texts = ["viewed: red skin care product 1"]
     torch.testing.assert_close(loaded.encode_texts(texts), stage1.eval().encode_texts(texts))
+
+
+def test_an_edited_model_card_does_not_block_loading(runs, tmp_path):
+    """People edit model cards on the Hub: README.md is not a weight or config file."""
+    pub = tmp_path / "pub"
+    best = str(runs["joint"] / "best")
+    assert main(["publish", "--checkpoint", best, "--repo-id", "a/b", "--dry-run", "--out", str(pub)]) == 0
+    assert "README.md" not in json.loads((pub / "manifest.json").read_text())["files"]
+    (pub / "README.md").write_text((pub / "README.md").read_text() + "\nEdited on the Hub.\n")
+    assert SeqRecModel.from_pretrained(pub).encoder is not None
