@@ -29,7 +29,7 @@ def is_prepared_dataset(folder: Path) -> bool:
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     tables = ("events.parquet", "items.parquet", "users.parquet")
-    return isinstance(meta, dict) and "format_version" in meta and all((folder / t).is_file() for t in tables)
+    return isinstance(meta, dict) and "format_version" in meta and all((folder / t).exists() for t in tables)
 
 
 def _inside(path: Path, folder: Path) -> bool:

@@ -20,14 +20,12 @@ def _features_cached(cfg: RunConfig) -> bool:
 
 
 def preflight(cfg: RunConfig) -> None:
-    from seqrec.data.guard import is_prepared_dataset
-
     tc = cfg.train
     if cfg.data_dir:
         data = Path(cfg.data_dir)
         if not data.is_dir():
             raise ConfigError(f"data_dir {data} does not exist (pass --data with a prepared data directory)")
-        if not is_prepared_dataset(data):
+        if not (data / "meta.json").is_file():  # PreparedData.load checks the rest
             raise ConfigError(
                 f"data_dir {data} is not a prepared data directory (make one with `seqrec data prepare` "
                 "or `seqrec data synth`)"
