@@ -60,16 +60,6 @@ def resolve_mixed_precision(setting: str) -> str:
     return setting
 
 
-def locate_config_file(path: Path) -> Path:
-    """A relative DeepSpeed JSON path as written in train/accelerate/*.yaml (ds_configs/...): from
-    the working directory when it is there, else from the project root (the folder holding the
-    seqrec package and ds_configs/), so a launch works from any directory."""
-    if path.is_absolute() or path.is_file():
-        return path
-    root_relative = Path(__file__).resolve().parents[2] / path
-    return root_relative if root_relative.is_file() else path
-
-
 def deepspeed_config_path(train: TrainConfig) -> Path | None:
     """The DeepSpeed JSON of this run: `train.deepspeed`, or the one an accelerate YAML points to.
 
@@ -249,3 +239,13 @@ def control_group(accelerator: Accelerator) -> torch.distributed.ProcessGroup | 
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
     return dist.new_group(backend="gloo")
+
+
+def locate_config_file(path: Path) -> Path:
+    """A relative DeepSpeed JSON path as written in train/accelerate/*.yaml (ds_configs/...): from
+    the working directory when it is there, else from the project root (the folder holding the
+    seqrec package and ds_configs/), so a launch works from any directory."""
+    if path.is_absolute() or path.is_file():
+        return path
+    root_relative = Path(__file__).resolve().parents[2] / path
+    return root_relative if root_relative.is_file() else path
