@@ -628,6 +628,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def validate(cfg: Any) -> None:
     """Cross-field checks; raises ConfigError naming the field."""
     if isinstance(cfg, RunConfig):
+        check_ranges(cfg)  # every number within its range, names that must name something
+    if isinstance(cfg, RunConfig):
         validate(cfg.data)
         w, m, t = cfg.window, cfg.model, cfg.train
         if w.size < 1:
@@ -655,8 +657,21 @@ def validate(cfg: Any) -> None:
             raise ConfigError("data.min_user_events must be >= 1")
         if cfg.kcore < 0:
             raise ConfigError("data.kcore must be >= 0")
-    if isinstance(cfg, RunConfig):
-        check_ranges(cfg)
+
+
+def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted name, default, help) for every leaf field: the reference printed by the CLI."""
+    rows: list[tuple[str, str, str]] = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        tp = hints[f.name]
+        if _is_dataclass_type(tp):
+            rows.extend(field_help(tp, name + "."))
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        rows.append((name, json.dumps(default, ensure_ascii=False), f.metadata.get("help", "")))
+    return rows
 
 
 # (dotted field, lowest allowed, highest allowed, lowest included): every number a run reads,
@@ -718,6 +733,8 @@ def check_ranges(cfg: RunConfig) -> None:
         node: Any = cfg
         for part in dotted.split("."):
             node = getattr(node, part)
+        if node is None:  # "auto" fields (e.g. null = chosen at run time)
+            continue
         value = float(node)
         if not (value >= low if low_ok else value > low) or value > high or value != value:
             bound = f"{'>=' if low_ok else '>'} {low:g}" + (
@@ -730,7 +747,7 @@ def check_ranges(cfg: RunConfig) -> None:
         raise ConfigError("sasrec.d_model must be divisible by sasrec.heads")
     ks = cfg.eval.ks
     known = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr", "auc"]
-    if cfg.train.best_metric not in known:
+    if all(k >= 1 for k in ks) and cfg.train.best_metric not in known:  # bad ks: validate says so
         raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not one of {known} (from eval.ks)")
     budgets = {k: v for k, v in cfg.text.field_budgets.items() if v < 1}
     if budgets:
@@ -738,18 +755,3 @@ def check_ranges(cfg: RunConfig) -> None:
     weights = {k: v for k, v in cfg.model.head.behavior_weights.items() if not v >= 0}
     if weights:
         raise ConfigError(f"model.head.behavior_weights must be >= 0, got {weights}")
-
-
-def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, help) for every leaf field: the reference printed by the CLI."""
-    rows: list[tuple[str, str, str]] = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        tp = hints[f.name]
-        if _is_dataclass_type(tp):
-            rows.extend(field_help(tp, name + "."))
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        rows.append((name, json.dumps(default, ensure_ascii=False), f.metadata.get("help", "")))
-    return rows
