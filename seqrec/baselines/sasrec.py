@@ -27,7 +27,6 @@ from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config, read_weights,
 from seqrec.config import RunConfig, SASRecConfig
 from seqrec.data.schema import atomic_directory
 from seqrec.errors import CheckpointError
-from seqrec.manifest import seal_model_folder
 
 
 @dataclass
@@ -155,6 +154,8 @@ class SASRec(nn.Module):
         with atomic_directory(path, overwrite=True) as tmp:
             write_run_config(tmp, cfg, "sasrec")
             save_file(state, str(tmp / WEIGHTS_FILE))
+            from seqrec.manifest import seal_model_folder
+
             seal_model_folder(tmp)
 
     @classmethod

@@ -28,8 +28,14 @@ def is_prepared_dataset(folder: Path) -> bool:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
-    tables = ("events.parquet", "items.parquet", "users.parquet")
-    return isinstance(meta, dict) and "format_version" in meta and all((folder / t).exists() for t in tables)
+    tables = ("items.parquet", "users.parquet")
+    events = (folder / "events.parquet").exists() or (folder / "shards.json").is_file()  # sharded events
+    return (
+        isinstance(meta, dict)
+        and "format_version" in meta
+        and events
+        and all((folder / t).is_file() for t in tables)
+    )
 
 
 def _inside(path: Path, folder: Path) -> bool:

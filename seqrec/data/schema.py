@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 
 FORMAT_VERSION = 1
+PREPARED_MARKER = "seqrec_prepared.json"
+"""Marks a folder written by `seqrec data prepare|synth`: the only kind `--overwrite` replaces."""
 Split = Literal["train", "valid", "test"]
 # "serve": a user's whole history, no target (export, recommendations).
 View = Literal["train", "valid", "test", "serve"]
@@ -242,10 +244,6 @@ class PreparedData:
             profile_num=profile_num,
             profile_spec=spec,
         )
-
-
-PREPARED_MARKER = "seqrec_prepared.json"
-"""Marks a folder written by `seqrec data prepare|synth`: the only kind `--overwrite` replaces."""
 
 
 def write_prepared(
