@@ -182,7 +182,7 @@ def loop_round(cfg: Any, rec: Recorder, warmup: int, keep_batches: bool) -> tupl
         return out
 
     with patched_trainer(on_build), mock.patch.object(StepMeter, "report", report):
-        result = run_training(cfg, end_process_group=False)
+        result = run_training(cfg, end_process_group=False, overwrite=True)
     assert result.global_step == cfg.train.max_steps, result
     seconds, tokens = timed_span(rec.step_times, rec.nonpad, warmup)
     return seconds, tokens, built[0].unwrapped

@@ -41,12 +41,49 @@ def build_parser() -> argparse.ArgumentParser:
             raise
         register: Callable[[argparse._SubParsersAction], None] = getattr(module, fn)
         register(sub)
+    _show_defaults(sub)
     return parser
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to options that have a meaningful default (not None, False or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "%(default)" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+def _show_defaults(sub: argparse._SubParsersAction) -> None:
+    """--help of every (nested) subcommand lists each option's default."""
+    for child in sub.choices.values():
+        child.formatter_class = _DefaultsFormatter
+        for action in child._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _show_defaults(action)
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args that also takes key=value overrides placed after options
+    (`seqrec train a=1 --output X b=2`): argparse alone fills a positional list only once."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

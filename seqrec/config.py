@@ -628,6 +628,8 @@ def save_config(cfg: Any, path: str | Path) -> None:
 def validate(cfg: Any) -> None:
     """Cross-field checks; raises ConfigError naming the field."""
     if isinstance(cfg, RunConfig):
+        check_ranges(cfg)  # every number within its range, names that must name something
+    if isinstance(cfg, RunConfig):
         validate(cfg.data)
         w, m, t = cfg.window, cfg.model, cfg.train
         if w.size < 1:
@@ -670,3 +672,86 @@ def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, 
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         rows.append((name, json.dumps(default, ensure_ascii=False), f.metadata.get("help", "")))
     return rows
+
+
+# (dotted field, lowest allowed, highest allowed, lowest included): every number a run reads,
+# checked before any work starts so a typo fails in one line, not deep inside the loop.
+_RANGES: list[tuple[str, float, float, bool]] = [
+    ("train.lr", 0.0, float("inf"), False),
+    ("train.backbone_lr", 0.0, float("inf"), False),
+    ("train.weight_decay", 0.0, float("inf"), True),
+    ("train.warmup_ratio", 0.0, 1.0, True),
+    ("train.max_grad_norm", 0.0, float("inf"), True),
+    ("train.epochs", 1, float("inf"), True),
+    ("train.max_steps", 0, float("inf"), True),
+    ("train.max_minutes", 0.0, float("inf"), True),
+    ("train.eval_every", 0, float("inf"), True),
+    ("train.eval_max_users", 0, float("inf"), True),
+    ("train.patience", 0, float("inf"), True),
+    ("train.checkpoint_every", 0, float("inf"), True),
+    ("train.keep_last", 1, float("inf"), True),
+    ("train.log_every", 1, float("inf"), True),
+    ("train.num_workers", 0, float("inf"), True),
+    ("model.adapter.r", 1, float("inf"), True),
+    ("model.adapter.alpha", 0, float("inf"), False),
+    ("model.adapter.dropout", 0.0, 1.0, True),
+    ("model.encoder.micro_batch_size", 1, float("inf"), True),
+    ("model.encoder.micro_batch_tokens", 0, float("inf"), True),
+    ("model.aggregator.d_model", 1, float("inf"), True),
+    ("model.aggregator.layers", 1, float("inf"), True),
+    ("model.aggregator.heads", 1, float("inf"), True),
+    ("model.aggregator.dropout", 0.0, 1.0, True),
+    ("model.aggregator.time_buckets", 1, float("inf"), True),
+    ("model.profile.dim", 1, float("inf"), True),
+    ("model.profile.cat_dim", 1, float("inf"), True),
+    ("model.fusion.hidden", 1, float("inf"), True),
+    ("model.fusion.dropout", 0.0, 1.0, True),
+    ("model.items.cache_refresh_steps", 0, float("inf"), True),
+    ("model.items.id_dropout", 0.0, 1.0, True),
+    ("model.head.dim", 1, float("inf"), True),
+    ("model.head.num_negatives", 1, float("inf"), True),
+    ("model.head.pointwise_weight", 0.0, float("inf"), True),
+    ("model.head.pointwise_negatives", 1, float("inf"), True),
+    ("model.head.pointwise_hidden", 1, float("inf"), True),
+    ("sasrec.d_model", 1, float("inf"), True),
+    ("sasrec.layers", 1, float("inf"), True),
+    ("sasrec.heads", 1, float("inf"), True),
+    ("sasrec.dropout", 0.0, 1.0, True),
+    ("sasrec.max_len", 1, float("inf"), True),
+    ("window.session_gap", 1, float("inf"), True),
+    ("text.default_budget", 1, float("inf"), True),
+    ("text.max_window_tokens", 1, float("inf"), True),
+    ("text.max_item_tokens", 1, float("inf"), True),
+    ("eval.batch_size", 1, float("inf"), True),
+    ("eval.num_negatives", 1, float("inf"), True),
+]
+
+
+def check_ranges(cfg: RunConfig) -> None:
+    """Every numeric field within its range, and names that must name something; ConfigError."""
+    for dotted, low, high, low_ok in _RANGES:
+        node: Any = cfg
+        for part in dotted.split("."):
+            node = getattr(node, part)
+        if node is None:  # "auto" fields (e.g. null = chosen at run time)
+            continue
+        value = float(node)
+        if not (value >= low if low_ok else value > low) or value > high or value != value:
+            bound = f"{'>=' if low_ok else '>'} {low:g}" + (
+                f" and <= {high:g}" if high != float("inf") else ""
+            )
+            raise ConfigError(f"{dotted} must be {bound}, got {node!r}")
+    if cfg.model.aggregator.dropout >= 1 or cfg.model.fusion.dropout >= 1 or cfg.sasrec.dropout >= 1:
+        raise ConfigError("dropout values must be < 1 (1 drops everything)")
+    if cfg.sasrec.d_model % cfg.sasrec.heads:
+        raise ConfigError("sasrec.d_model must be divisible by sasrec.heads")
+    ks = cfg.eval.ks
+    known = [f"{m}@{k}" for m in ("hr", "ndcg") for k in ks] + ["mrr", "auc"]
+    if all(k >= 1 for k in ks) and cfg.train.best_metric not in known:  # bad ks: validate says so
+        raise ConfigError(f"train.best_metric={cfg.train.best_metric!r} is not one of {known} (from eval.ks)")
+    budgets = {k: v for k, v in cfg.text.field_budgets.items() if v < 1}
+    if budgets:
+        raise ConfigError(f"text.field_budgets must be >= 1 token each, got {budgets}")
+    weights = {k: v for k, v in cfg.model.head.behavior_weights.items() if not v >= 0}
+    if weights:
+        raise ConfigError(f"model.head.behavior_weights must be >= 0, got {weights}")

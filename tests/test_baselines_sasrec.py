@@ -24,6 +24,7 @@ from seqrec.config import EvalConfig, SASRecConfig
 from seqrec.data.schema import PreparedData
 from seqrec.errors import CheckpointError
 from seqrec.evaluation.evaluator import evaluate
+from seqrec.manifest import seal_model_folder
 
 TINY = SASRecConfig(d_model=32, layers=1, heads=2, dropout=0.1, max_len=20)
 
@@ -152,7 +153,11 @@ def test_save_and_load_give_identical_scores(tiny_data: PreparedData, tmp_path: 
     fit_sasrec(model, tiny_data, epochs=1)
     model.eval()
     model.save_pretrained(tmp_path / "m")
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["model.safetensors", "seqrec_config.json"]
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == [
+        "manifest.json",
+        "model.safetensors",
+        "seqrec_config.json",
+    ]
     loaded = SASRec.from_pretrained(tmp_path / "m").eval()
     assert loaded.cfg == model.cfg
     batch = next(iter(eval_loader(tiny_data, "test", TINY.max_len, 16)))
@@ -162,6 +167,9 @@ def test_save_and_load_give_identical_scores(tiny_data: PreparedData, tmp_path: 
     wrong.save_pretrained(tmp_path / "w")
     cfg_file = tmp_path / "w" / "seqrec_config.json"
     cfg_file.write_text(cfg_file.read_text().replace('"d_model": 32', '"d_model": 16'))
+    with pytest.raises(CheckpointError, match=r"seqrec_config\.json does not match its sha256"):
+        SASRec.from_pretrained(tmp_path / "w")
+    seal_model_folder(tmp_path / "w")  # consistent files, but weights of another width
     with pytest.raises(CheckpointError, match="do not match"):
         SASRec.from_pretrained(tmp_path / "w")
     PopularityModel.fit(tiny_data).save_pretrained(tmp_path / "p")

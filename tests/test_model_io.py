@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from seqrec.errors import CheckpointError
+from seqrec.manifest import seal_model_folder
 from seqrec.modeling import SeqRecModel
 from tests.tiny_models import (  # noqa: F401  (fixtures)
     item_tokens,
@@ -108,7 +109,10 @@ def test_head_stage_model_round_trips(tiny_data, tmp_path):
     with torch.no_grad():
         model.head.log_inv_temperature.fill_(2.0)  # a non-init value that must survive the trip
     model.save_pretrained(tmp_path / "head")
-    loaded = SeqRecModel.from_pretrained(tmp_path / "head")
+    # Serving needs the base backbone to encode new windows; "unused" does not exist: one clear line.
+    with pytest.raises(CheckpointError, match=r"its backbone cannot be loaded.*'unused'"):
+        SeqRecModel.from_pretrained(tmp_path / "head")
+    loaded = SeqRecModel.from_pretrained(tmp_path / "head", load_backbone=False)
     assert loaded.encoder is None
     loaded.set_item_features(feats)
     assert torch.equal(loaded.item_embeddings(), model.item_embeddings())
@@ -135,7 +139,7 @@ def test_given_state_dict_is_what_gets_saved(tiny_data, tmp_path):
     state = {k: v.clone() for k, v in model.state_dict().items()}
     state["aggregator.proj.weight"].fill_(0.5)  # e.g. a ZeRO-3 gathered copy; live params differ
     model.save_pretrained(tmp_path / "m", state_dict=state)
-    loaded = SeqRecModel.from_pretrained(tmp_path / "m")
+    loaded = SeqRecModel.from_pretrained(tmp_path / "m", load_backbone=False)
     assert torch.all(loaded.aggregator.proj.weight == 0.5)
     assert not torch.all(model.aggregator.proj.weight == 0.5)
 
@@ -175,6 +179,7 @@ def test_wrong_shapes_are_a_clear_error(lora_dir, tmp_path):
     head = load_file(str(path / "head.safetensors"))
     head["aggregator.proj.weight"] = torch.zeros(3, 3)
     save_file(head, str(path / "head.safetensors"))
+    seal_model_folder(path)  # a consistent folder of the wrong shape (the manifest would refuse it first)
     with pytest.raises(
         CheckpointError, match=r"head\.safetensors: tensor aggregator\.proj\.weight has shape"
     ):
@@ -184,6 +189,7 @@ def test_wrong_shapes_are_a_clear_error(lora_dir, tmp_path):
     key = next(k for k in adapter if "lora_A" in k)
     adapter[key] = torch.zeros(1, 1)
     save_file(adapter, str(path / "adapter_model.safetensors"))
+    seal_model_folder(path)
     with pytest.raises(CheckpointError, match=r"adapter_model\.safetensors: tensor"):
         SeqRecModel.from_pretrained(path)
 
@@ -205,6 +211,7 @@ def test_saved_config_cannot_turn_on_remote_code(lora_dir, tmp_path):
     cfg = json.loads((path / "seqrec_config.json").read_text())
     cfg["model"]["backbone"]["trust_remote_code"] = True
     (path / "seqrec_config.json").write_text(json.dumps(cfg))
+    seal_model_folder(path)  # as if saved so (an edited file alone is refused by the manifest)
     loaded = SeqRecModel.from_pretrained(path, load_backbone=False)
     assert loaded.cfg.model.backbone.trust_remote_code is False
 
@@ -234,6 +241,7 @@ def test_head_stage_folder_with_the_stage1_adapter_loads_the_backbone(lora_dir, 
     head.save_pretrained(tmp_path / "head")
     for name in ("adapter_model.safetensors", "adapter_config.json"):
         shutil.copy2(lora_dir[0] / name, tmp_path / "head" / name)
+    seal_model_folder(tmp_path / "head")  # as the head-stage training does after copying
     loaded = SeqRecModel.from_pretrained(tmp_path / "head")
     assert loaded.encoder is not None
     texts = ["viewed: red skin care product 1"]

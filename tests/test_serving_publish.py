@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from seqrec.cli import main
 from seqrec.errors import CheckpointError
+from seqrec.manifest import seal_model_folder
 from seqrec.modeling import SeqRecModel
 from tests.tiny_models import (  # noqa: F401  (fixtures)
     item_tokens,
@@ -111,6 +112,7 @@ def test_dry_run_folder_holds_only_weights_config_and_card(dry_run, tiny_data_di
         "adapter_config.json",
         "adapter_model.safetensors",
         "head.safetensors",
+        "manifest.json",
         "seqrec_config.json",
         "seqrec_model.json",
     ]
@@ -129,7 +131,8 @@ def test_card_parses_with_huggingface_hub_and_has_the_metadata(dry_run, tiny_dat
     meta = card.data.to_dict()
     assert meta["library_name"] == "peft" and meta["license"] == "apache-2.0"
     assert {"seqrec", "recommendation", "sequential-recommendation", "peft", "lora"} <= set(meta["tags"])
-    assert meta["datasets"] == [tiny_data_dir.name]
+    assert "datasets" not in meta  # a local folder is not a data set others can find
+    assert tiny_data_dir.name not in card.content
     results = {r.metric_type: r for r in card.data.eval_results}
     assert {k: r.metric_value for k, r in results.items()} == {"hr@10": 0.5, "ndcg@10": 0.31, "mrr": 0.22}
     protocol = results["ndcg@10"].metric_args
@@ -339,6 +342,7 @@ def test_wrong_shapes_are_named(saved, tmp_path, capsys):
     head = load_file(str(folder / "head.safetensors"))
     head["fusion.mlp.0.weight"] = torch.zeros(3, 3)
     save_file(head, str(folder / "head.safetensors"))
+    seal_model_folder(folder)  # consistent but of the wrong shape (the manifest would refuse it first)
     _fails_everywhere(folder, r"head\.safetensors: tensor fusion\.mlp\.0\.weight has shape \[3, 3\]", capsys)
 
 

@@ -22,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Train a seqrec model (run under `accelerate launch`).")
     add_train_arguments(parser)  # the same flags as `seqrec train`
-    args = parser.parse_args(argv)
+    from seqrec.cli import parse_args
+
+    args = parse_args(parser, argv)  # key=value overrides may come before and after options
 
     # Only rank 0 reports progress; the others speak up for warnings and errors.
     rank = int(os.environ.get("RANK", "0"))
@@ -36,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from seqrec.training.run import run_training
 
     try:
-        return run_training(config_from_args(args)).exit_code  # type: ignore[arg-type]
+        return run_training(config_from_args(args), overwrite=args.overwrite).exit_code  # type: ignore[arg-type]
     except USER_ERRORS as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         return 2

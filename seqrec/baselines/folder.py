@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from seqrec.config import ConfigError, RunConfig, from_dict, save_config, validate
 from seqrec.errors import CheckpointError
+from seqrec.manifest import check_finite, check_model_folder
 
 CONFIG_FILE = "seqrec_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -50,10 +51,14 @@ def read_run_config(folder: str | Path, expected_model: str | None = None) -> Ru
 
 
 def read_weights(folder: str | Path) -> dict[str, torch.Tensor]:
+    """The weights, after the folder's manifest (sizes, sha256) verified; all finite."""
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{folder}: missing {WEIGHTS_FILE}")
     try:
-        return load_file(str(path))
+        tensors = load_file(str(path))
     except Exception as e:  # safetensors reports corrupt files with its own error types
         raise CheckpointError(f"{path}: cannot read ({e})") from e
+    check_model_folder(folder)
+    check_finite(tensors, path)
+    return tensors

@@ -20,6 +20,7 @@ from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config, read_weights,
 from seqrec.config import RunConfig
 from seqrec.data.schema import PreparedData, atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.manifest import seal_model_folder
 
 
 class PopularityModel(nn.Module):
@@ -59,6 +60,7 @@ class PopularityModel(nn.Module):
         with atomic_directory(path, overwrite=True) as tmp:
             write_run_config(tmp, run_config, "popularity")
             save_file({"counts": self.counts.cpu().contiguous()}, str(tmp / WEIGHTS_FILE))
+            seal_model_folder(tmp)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> PopularityModel:

@@ -154,6 +154,9 @@ class SASRec(nn.Module):
         with atomic_directory(path, overwrite=True) as tmp:
             write_run_config(tmp, cfg, "sasrec")
             save_file(state, str(tmp / WEIGHTS_FILE))
+            from seqrec.manifest import seal_model_folder
+
+            seal_model_folder(tmp)
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> SASRec:

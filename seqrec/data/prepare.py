@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from seqrec.config import DataConfig, save_config, validate
 from seqrec.data import sequences
+from seqrec.data.guard import check_replaceable
 from seqrec.data.profiles import category_column, fit_profiles
 from seqrec.data.render import detect_language
 from seqrec.data.schema import DataError, ProfileSpec, atomic_directory, write_prepared
@@ -312,6 +313,8 @@ def prepare(
     cfg: DataConfig, out: str | Path, overwrite: bool = False, progress: bool = True
 ) -> dict[str, Any]:
     """Prepare `cfg.source` into `out` atomically (nothing appears at `out` if any stage fails)."""
+    if overwrite:  # only ever replace an earlier prepared data set, never the input or other data
+        check_replaceable(out, [cfg.source.input])
     with atomic_directory(out, overwrite=overwrite) as tmp:
         return prepare_into(cfg, tmp, progress)
 

@@ -71,6 +71,9 @@ FIELD_LABELS = {
 SEP = {"en": (": ", " | "), "zh": ("：", " | ")}
 
 
+_LINE_BREAKS = r"\s*[\r\n\v\f\x85\u2028\u2029]+\s*"
+
+
 def truncate_tokens(text: str, budget: int) -> str:
     """Keep the first `budget` tokens of `text` (original spacing kept); mark a cut with '…'."""
     if budget <= 0:
@@ -132,7 +135,15 @@ class Renderer:
         columns = []
         for i, f in enumerate(self.fields):
             budget = self.cfg.field_budgets.get(f, self.cfg.default_budget)
-            values = items[f].astype("string").fillna("").str.strip().tolist()
+            # A line break inside a (quoted) field would break "one line per event": fold it to a space.
+            values = (
+                items[f]
+                .astype("string")
+                .fillna("")
+                .str.replace(_LINE_BREAKS, " ", regex=True)
+                .str.strip()
+                .tolist()
+            )
             label = "" if i == 0 else labels.get(f, f) + colon
             columns.append([label + truncate_tokens(v, budget) if v else "" for v in values])
         texts = []

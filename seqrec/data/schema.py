@@ -44,6 +44,8 @@ import numpy as np
 import pandas as pd
 
 FORMAT_VERSION = 1
+PREPARED_MARKER = "seqrec_prepared.json"
+"""Marks a folder written by `seqrec data prepare|synth`: the only kind `--overwrite` replaces."""
 Split = Literal["train", "valid", "test"]
 # "serve": a user's whole history, no target (export, recommendations).
 View = Literal["train", "valid", "test", "serve"]
@@ -259,6 +261,10 @@ def write_prepared(
     meta.setdefault("n_items", len(items))
     meta.setdefault("n_events", len(events))
     (out / META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    # What `--overwrite` looks for before it replaces a folder (seqrec/data/guard.py).
+    (out / PREPARED_MARKER).write_text(
+        json.dumps({"format_version": FORMAT_VERSION}) + "\n", encoding="utf-8"
+    )
     items.to_parquet(out / ITEMS_FILE, index=False)
     users.to_parquet(out / USERS_FILE, index=False)
     events.to_parquet(out / EVENTS_FILE, index=False)

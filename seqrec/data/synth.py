@@ -41,6 +41,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from seqrec.config import DataConfig, validate
+from seqrec.data.guard import check_replaceable
 from seqrec.data.schema import atomic_directory
 
 log = logging.getLogger(__name__)
@@ -336,6 +337,8 @@ def synth(
     from seqrec.data.prepare import prepare_into
 
     cfg = cfg or SynthConfig()
+    if overwrite:  # only ever replace an earlier prepared data set
+        check_replaceable(out)
     tables = generate(cfg, progress)
     log.log(logging.INFO if progress else logging.DEBUG, "synth: %d events generated", len(tables["events"]))
     final_raw = str(Path(out) / "raw")

@@ -19,7 +19,9 @@ from seqrec.config import AdapterConfig, ConfigError
 log = logging.getLogger(__name__)
 
 _LLAMA_LIKE = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-_BERT_LIKE = ["query", "key", "value", "dense"]
+# Suffixes of the encoder layers' projections: a bare "dense" would also match BERT's pooler, which
+# seqrec drops (peft then warns about missing pooler keys when the adapter loads on a plain BertModel).
+_BERT_LIKE = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 
 TARGET_MODULES: dict[str, list[str]] = {
     **{

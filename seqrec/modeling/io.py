@@ -9,11 +9,14 @@ Layout (written atomically: a temporary folder renamed into place)::
                                 item tower, ranking head
     seqrec_config.json          the resolved RunConfig (model.backbone.hidden_size filled in)
     seqrec_model.json           format version, n_items, profile spec, behaviours, feature width, files
+    manifest.json               size and sha256 of every file above (seqrec/manifest.py), written last
 
 A frozen backbone saves no backbone weights (the base is loaded by name). A head-stage model (no
-backbone) saves none either; when its folder also holds the stage-1 adapter that produced its
-features, loading restores base + adapter so the model can encode new windows (``load_backbone=False``
-skips that). Loading never unpickles
+backbone) saves none either; loading restores the encoder that made its features so it can encode
+new windows: the frozen base, or base + the stage-1 adapter its folder carries after
+``train.init_from`` (``load_backbone=False`` skips that and scores from cached features). Every
+file is checked against the manifest (a folder without one loads with a warning) and every
+loaded weight must be finite. Loading never unpickles
 and never runs code from the folder: a pickle file where safetensors are expected, a missing file,
 or tensors with the wrong names or shapes raise CheckpointError naming the file; remote code stays
 off unless the caller passes ``trust_remote_code=True`` (a saved config cannot turn it on).
@@ -33,6 +36,8 @@ from safetensors.torch import load_file, save_file
 from seqrec.config import ConfigError, RunConfig, load_config, save_config
 from seqrec.data.schema import ProfileSpec, atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.manifest import check_finite, check_model_folder, seal_model_folder
+from seqrec.modeling.availability import check_backbone_available, offline_if_local
 
 if TYPE_CHECKING:
     from seqrec.modeling.model import SeqRecModel
@@ -97,6 +102,7 @@ def save_model(
             "files": files,
         }
         (tmp / MODEL_META).write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        seal_model_folder(tmp)  # last: sizes and sha256 of every file above, checked at load
     return Path(path)
 
 
@@ -180,6 +186,38 @@ def _read_json(file: Path) -> dict[str, Any]:
     return data
 
 
+def _head_stage_backbone(cfg: RunConfig, path: Path, carries_adapter: bool) -> None:
+    """Set `cfg` up to rebuild the encoder that made a head-stage model's features. With the
+    stage-1 adapter in the folder, its own peft config (rank, alpha, targets) is used; without
+    one, the features came from the frozen base."""
+    if not carries_adapter:
+        # A fully fine-tuned stage 1 (train.init_from) leaves its tuned backbone in backbone/.
+        tuned = (path / BACKBONE_DIR / "config.json").is_file()
+        cfg.model.adapter.method = "full" if tuned else "frozen"
+        return
+    peft_cfg = _read_json(path / ADAPTER_CONFIG)
+    adapter = cfg.model.adapter
+    adapter.r = int(peft_cfg.get("r", adapter.r))
+    adapter.alpha = int(peft_cfg.get("lora_alpha", adapter.alpha))
+    targets = peft_cfg.get("target_modules")
+    if isinstance(targets, list) and targets:
+        adapter.target_modules = [str(t) for t in targets]
+    if adapter.method not in ADAPTER_METHODS:
+        adapter.method = "dora" if peft_cfg.get("use_dora") else "lora"
+
+
+def baseline_kind(path: Path) -> str:
+    """train.model of a baseline folder (SASRec, popularity), '' when it is not one."""
+    if (path / MODEL_META).is_file() or not (path / "model.safetensors").is_file():
+        return ""
+    try:
+        saved = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        kind = saved["train"]["model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ""
+    return str(kind) if kind in ("sasrec", "popularity") else ""
+
+
 def load_model(
     cls: type[SeqRecModel],
     name_or_path: str | Path,
@@ -187,6 +225,13 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> SeqRecModel:
     path = resolve_model_dir(name_or_path)
+    if not (path / MODEL_META).is_file() and (path / "model.safetensors").is_file():
+        kind = baseline_kind(path)
+        if kind:
+            raise CheckpointError(
+                f"{path} holds a {kind} model: this needs a seqrec model (a baseline folder works with "
+                "`seqrec evaluate` and `seqrec recommend`)"
+            )
     meta = _read_json(path / MODEL_META)
     if meta.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
@@ -200,16 +245,23 @@ def load_model(
         log.warning("%s asks for trust_remote_code; ignored (pass trust_remote_code=True to allow it)", path)
     cfg.model.backbone.trust_remote_code = trust_remote_code
     method = cfg.model.adapter.method
-    # A head-stage model has no backbone of its own, but its folder may carry the stage-1 adapter
-    # that produced its features; then the backbone is loaded too, so new text can be encoded.
+    # A head-stage model has no backbone of its own: its features came from the frozen base, or
+    # from base + the stage-1 adapter (train.init_from) that its folder then carries. Serving needs
+    # to encode new text the same way, so that backbone is loaded (load_backbone=False skips it).
     carries_adapter = method in ADAPTER_METHODS and (path / ADAPTER_FILE).is_file()
-    with_backbone = load_backbone and (bool(meta.get("has_backbone")) or carries_adapter)
+    head_stage = not meta.get("has_backbone")
+    with_backbone = load_backbone
+    if with_backbone and head_stage:
+        _head_stage_backbone(cfg, path, carries_adapter)
+        method = cfg.model.adapter.method
     head = read_safetensors(path / HEAD_FILE)
+    check_finite(head, path / HEAD_FILE)
     adapter = None
     weights_dir = None
     if with_backbone and method in ADAPTER_METHODS:
         _read_json(path / ADAPTER_CONFIG)
         adapter = read_safetensors(path / ADAPTER_FILE)
+        check_finite(adapter, path / ADAPTER_FILE)
     elif with_backbone and method == "full":
         weights_dir = path / BACKBONE_DIR
         _read_json(weights_dir / "config.json")
@@ -224,7 +276,22 @@ def load_model(
                 "(delete them, or re-save the model with save_pretrained)"
             )
         if not (weights_dir / "model.safetensors.index.json").is_file():
-            read_safetensors(weights_dir / "model.safetensors")  # raises if missing or not safetensors
+            # raises if missing or not safetensors
+            check_finite(
+                read_safetensors(weights_dir / "model.safetensors"), weights_dir / "model.safetensors"
+            )
+    # After the reads above (which name a missing file or a pickle in its place), before any weight
+    # is used: sizes and sha256 of every file against the manifest (a warning for older folders).
+    check_model_folder(path)
+    if with_backbone and weights_dir is None:
+        try:
+            check_backbone_available(cfg.model.backbone)
+        except ConfigError as e:
+            raise CheckpointError(
+                f"{path}: its backbone cannot be loaded ({e}); with load_backbone=False a head-stage "
+                "model still scores from cached features"
+            ) from e
+        offline_if_local(cfg.model.backbone)  # local files: no Hub lookups for the base model's name
     try:
         model = cls(
             cfg,
@@ -238,6 +305,12 @@ def load_model(
         raise CheckpointError(f"{path / MODEL_META}: missing entry {e}") from e
     if not with_backbone:
         model.is_decoder = bool(meta.get("is_decoder", model.is_decoder))  # for tokenizing new text later
+    elif head_stage and model.feature_dim != int(meta.get("feature_dim") or model.feature_dim):
+        raise CheckpointError(
+            f"{path}: its head was trained on {meta.get('feature_dim')}-wide features but the backbone "
+            f"{cfg.model.backbone.name!r} gives {model.feature_dim}; load it with the base model it was "
+            "trained with"
+        )
     if adapter is not None:
         from peft import get_peft_model_state_dict, set_peft_model_state_dict
 

@@ -105,8 +105,31 @@ def run_export(args: argparse.Namespace) -> int:
     from seqrec.config import ConfigError
     from seqrec.data.schema import PreparedData
     from seqrec.modeling import SeqRecModel
+    from seqrec.modeling.io import baseline_kind
     from seqrec.serving.export import export_embeddings, select_users
 
+    kind = baseline_kind(Path(args.checkpoint))
+    if kind == "popularity":
+        raise ConfigError(
+            f"{args.checkpoint} holds a popularity model: it has no embeddings to export (its scores "
+            "are training counts; `seqrec recommend` serves it)"
+        )
+    if kind == "sasrec":
+        from seqrec.baselines.folder import read_run_config
+        from seqrec.baselines.sasrec import SASRec
+        from seqrec.serving.baseline import export_sasrec
+
+        run_cfg = read_run_config(args.checkpoint, "sasrec")
+        data_dir = args.data or run_cfg.data_dir
+        if not data_dir:
+            raise ConfigError("--data is required: the model's config has no data_dir")
+        data = PreparedData.load(data_dir)
+        sasrec = SASRec.from_pretrained(args.checkpoint)
+        result = export_sasrec(
+            sasrec, data, args.out, select_users(data, args.users), args.checkpoint, args.overwrite
+        )
+        print(result.summary())
+        return 0
     model = SeqRecModel.from_pretrained(args.checkpoint).to(_device(args.device))
     data_dir = args.data or model.cfg.data_dir
     if not data_dir:
@@ -130,15 +153,29 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_recommend(args: argparse.Namespace) -> int:
+    from seqrec.config import ConfigError
+    from seqrec.modeling.io import baseline_kind
     from seqrec.serving.incremental import read_events
     from seqrec.serving.recommend import Recommender
 
+    if args.k < 1:
+        raise ConfigError(f"--k must be a positive number of items, got {args.k}")
+    if args.explain < 0:
+        raise ConfigError(f"--explain must be >= 0, got {args.explain}")
     t0 = time.perf_counter()
-    rec = Recommender.from_checkpoint(args.checkpoint, args.data, args.embeddings)
+    kind = baseline_kind(Path(args.checkpoint))
+    rec: Any
+    if kind:  # a SASRec or popularity folder: the same request, no window explanation
+        from seqrec.serving.baseline import BaselineRecommender
+
+        rec = BaselineRecommender.from_checkpoint(args.checkpoint, kind, args.data)
+        last_time, catalogue = rec.last_time, rec.catalogue
+    else:
+        rec = Recommender.from_checkpoint(args.checkpoint, args.data, args.embeddings)
+        last_time, catalogue = rec.encoder.last_time, rec.encoder.catalogue
     events: list[Any] = []
     if args.events:
-        after = rec.encoder.last_time(args.user)
-        events = read_events(args.events, rec.encoder.catalogue, args.user, after)
+        events = read_events(args.events, catalogue, args.user, last_time(args.user))
     result = rec.recommend(args.user, args.k, events, args.include_seen, args.explain)
     if args.json:
         print(json.dumps(result.to_json(), indent=2, ensure_ascii=False))

@@ -50,7 +50,13 @@ ITEMS_NPY, USERS_NPY = "items.npy", "users.npy"
 ITEMS_PARQUET, USERS_PARQUET = "items.parquet", "users.parquet"
 FAISS_FILE = "items.faiss"
 # Files whose bytes define a saved model's outputs (hashed into the model fingerprint).
-MODEL_FILES = ("seqrec_model.json", "seqrec_config.json", "head.safetensors", "adapter_model.safetensors")
+MODEL_FILES = (
+    "seqrec_model.json",
+    "seqrec_config.json",
+    "head.safetensors",
+    "adapter_model.safetensors",
+    "model.safetensors",  # a SASRec folder's weights
+)
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing import Any
 from seqrec.config import ConfigError, RunConfig, from_dict, save_config, to_dict
 from seqrec.data.schema import atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.manifest import check_finite, check_model_folder, seal_model_folder
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +302,7 @@ def make_card(
     dataset: str,
     reports: Sequence[dict[str, Any]],
     license: str,
+    datasets: Sequence[str] = (),
 ) -> Any:
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -311,7 +313,7 @@ def make_card(
         library_name="peft" if adapter else None,
         license=license,
         tags=TAGS + (ADAPTER_TAGS if adapter else []),
-        datasets=[dataset],
+        datasets=list(datasets) or None,
         model_name=repo_id.split("/")[-1],
         eval_results=results or None,
     )
@@ -345,9 +347,13 @@ def check_card(path: Path, expected: dict[str, Any]) -> Any:
 def read_checkpoint(checkpoint: Path) -> tuple[dict[str, Any], RunConfig]:
     """(seqrec_model.json, the saved RunConfig) of a local model folder; CheckpointError naming the file."""
     from seqrec.config import load_config
+    from seqrec.modeling.io import baseline_kind
 
     if not checkpoint.is_dir():
         raise CheckpointError(f"model folder not found: {checkpoint}")
+    kind = baseline_kind(checkpoint)
+    if kind:
+        raise CheckpointError(f"{checkpoint} holds a {kind} model, not a seqrec model")
     meta_path, cfg_path = checkpoint / "seqrec_model.json", checkpoint / CONFIG_FILE
     for path in (meta_path, cfg_path):
         if not path.is_file():
@@ -373,7 +379,7 @@ def check_weight_files(checkpoint: Path, meta: dict[str, Any]) -> None:
     files = meta.get("files") or {}
     for key in ("head", "adapter"):
         if files.get(key):
-            read_safetensors(checkpoint / str(files[key]))
+            check_finite(read_safetensors(checkpoint / str(files[key])), checkpoint / str(files[key]))
 
 
 def _copy_model_files(checkpoint: Path, dst: Path, meta: dict[str, Any]) -> None:
@@ -389,8 +395,9 @@ def _copy_model_files(checkpoint: Path, dst: Path, meta: dict[str, Any]) -> None
 
 
 def dataset_name(cfg: RunConfig) -> str:
-    """A name for the training data: the prepared folder's name, else the source kind."""
-    return Path(cfg.data_dir).name if cfg.data_dir else cfg.data.source.kind
+    """A label for the training data when no --dataset is given: its source kind, never a folder
+    name of this machine (a card lists a data set only when --dataset names one)."""
+    return f"{cfg.data.source.kind} data (local)"
 
 
 def prepare_folder(
@@ -408,14 +415,28 @@ def prepare_folder(
     """Write the folder to publish into `out` (atomically) and check it: the card parses with
     huggingface_hub and, with `verify`, the folder loads with SeqRecModel.from_pretrained."""
     from seqrec.modeling import SeqRecModel
+    from seqrec.modeling.io import baseline_kind
 
     checkpoint, out = Path(checkpoint), Path(out)
     if not _REPO_ID.fullmatch(repo_id):
         raise ConfigError(f"--repo-id {repo_id!r} must look like ORG/NAME")
     if not _LICENSE.fullmatch(license):
         raise ConfigError(f"--license {license!r} must be a hub license id such as apache-2.0 or mit")
+    kind = baseline_kind(checkpoint) if checkpoint.is_dir() else ""
+    if kind:
+        return prepare_baseline_folder(
+            checkpoint,
+            out,
+            repo_id,
+            kind,
+            license=license,
+            dataset=dataset,
+            metrics=metrics,
+            overwrite=overwrite,
+        )
     meta, cfg = read_checkpoint(checkpoint)
     check_weight_files(checkpoint, meta)
+    check_model_folder(checkpoint)  # sizes and sha256 against the manifest written at save
     real_base = str(meta.get("base_model") or cfg.model.backbone.name)
     base = base_model or real_base
     warnings = []
@@ -441,15 +462,17 @@ def prepare_folder(
             (tmp / "adapter_config.json").write_text(
                 json.dumps(adapter_cfg, indent=2) + "\n", encoding="utf-8"
             )
-        card = make_card(repo_id, published_cfg, meta, base, name, reports, license)
+        listed = [dataset] if dataset else []  # only a data set the user named, never a local folder
+        card = make_card(repo_id, published_cfg, meta, base, name, reports, license, listed)
         card.save(tmp / CARD_FILE)
+        seal_model_folder(tmp)  # a fresh manifest: the config and adapter config were rewritten
         check_card(
             tmp / CARD_FILE,
             {
                 "base_model": base if is_hub_id(base) else None,
                 "library_name": "peft" if (tmp / "adapter_config.json").is_file() else None,
                 "license": license,
-                "datasets": [name],
+                "datasets": listed or None,
             },
         )
         if verify:
@@ -459,6 +482,76 @@ def prepare_folder(
             SeqRecModel.from_pretrained(checkpoint if base_model else tmp)
     files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
     return PublishPlan(out, repo_id, base, files, removed, [str(p) for p in reports_paths], warnings)
+
+
+def prepare_baseline_folder(
+    checkpoint: Path,
+    out: Path,
+    repo_id: str,
+    kind: str,
+    *,
+    license: str,
+    dataset: str | None,
+    metrics: Sequence[str | Path] | None,
+    overwrite: bool,
+) -> PublishPlan:
+    """The folder to publish for a SASRec or popularity model: its weights, the public config, a
+    manifest and a model card; checked by loading it back (manifest and finite weights included)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config
+    from seqrec.baselines.popularity import PopularityModel
+    from seqrec.baselines.sasrec import SASRec
+
+    loader: Any = SASRec if kind == "sasrec" else PopularityModel
+    loader.from_pretrained(checkpoint)  # manifest, finite weights, shapes
+    cfg = read_run_config(checkpoint, kind)
+    published_cfg, removed = public_config(cfg)
+    reports_paths = [Path(p) for p in metrics] if metrics else find_metrics(checkpoint)
+    reports = [read_metrics(p) for p in reports_paths]
+    name = dataset or dataset_name(cfg)
+    listed = [dataset] if dataset else []
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists (pass --overwrite to replace it)")
+    what = (
+        f"SASRec (self-attentive sequential recommendation, full cross-entropy; d_model {cfg.sasrec.d_model}, "
+        f"{cfg.sasrec.layers} blocks, the newest {cfg.sasrec.max_len} events)"
+        if kind == "sasrec"
+        else "most popular items (training counts)"
+    )
+    body = f"""
+# {repo_id}
+
+A {what} baseline trained with seqrec on `{name}`. Item ids are those of the prepared data set;
+the data itself is not part of this repository.
+
+## How to load
+
+```python
+from seqrec.baselines.{"sasrec import SASRec" if kind == "sasrec" else "popularity import PopularityModel"}
+model = {"SASRec" if kind == "sasrec" else "PopularityModel"}.from_pretrained("path/to/this/folder")
+```
+
+## Evaluation
+
+{_results_table(reports)}
+"""
+    with atomic_directory(out, overwrite=True) as tmp:
+        shutil.copy2(checkpoint / WEIGHTS_FILE, tmp / WEIGHTS_FILE)
+        save_config(published_cfg, tmp / CONFIG_FILE)
+        data = ModelCardData(
+            license=license,
+            tags=[*TAGS, kind],
+            datasets=listed or None,
+            model_name=repo_id.split("/")[-1],
+            eval_results=eval_results(reports, name) or None,
+        )
+        ModelCard(f"---\n{data.to_yaml()}\n---\n{body}").save(tmp / CARD_FILE)
+        check_card(tmp / CARD_FILE, {"license": license, "datasets": listed or None})
+        seal_model_folder(tmp)
+        loader.from_pretrained(tmp)
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    return PublishPlan(out, repo_id, kind, files, removed, [str(p) for p in reports_paths])
 
 
 # ---- uploading ---------------------------------------------------------------------------------

@@ -87,6 +87,8 @@ class Recommendations:
         lines = [head, "", f"{'rank':>4}  {'item_id':<{id_w}}  {'score':>8}  item"]
         for r in self.items:
             lines.append(f"{r.rank:>4}  {r.item_id:<{id_w}}  {r.score:>8.3f}  {_clip(r.text, width)}")
+        if not self.windows:  # a baseline model: no windows to explain
+            return "\n".join(lines) + "\n"
         lines += ["", "Why: attention of the latest user state over the windows (* = most weight)"]
         lines.append(f"    {'window':>7}  {'events':<12}  {'weight':>6}  first line")
         n = len(self.windows)

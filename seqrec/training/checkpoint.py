@@ -23,7 +23,6 @@ shards likewise; they are only ever read back from a folder whose sha256 manifes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from seqrec.config import RunConfig, save_config
 from seqrec.errors import CheckpointError
+from seqrec.manifest import MANIFEST_FILE, read_manifest, verify_files, write_text_durably
+from seqrec.manifest import write_manifest as _write_manifest
+from seqrec.training.run_folder import set_history_aside
 
 if TYPE_CHECKING:
     from accelerate.accelerator import Accelerator
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
 CONFIG_FILE = "config.yaml"
-MANIFEST_FILE = "manifest.json"
 COMPLETE_FILE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -90,23 +91,9 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
 # ---- manifest ------------------------------------------------------------------------------
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path, step: int) -> None:
     """Record size and sha256 of every file in `folder` (recursively) in manifest.json."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel in (MANIFEST_FILE, COMPLETE_FILE):
-            continue
-        files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    _write_durably(folder / MANIFEST_FILE, json.dumps({"format": 1, "step": step, "files": files}, indent=1))
+    _write_manifest(folder, skip=(COMPLETE_FILE,), extra={"step": step})
 
 
 def verify_checkpoint(folder: Path) -> str | None:
@@ -116,33 +103,19 @@ def verify_checkpoint(folder: Path) -> str | None:
     if not (folder / COMPLETE_FILE).is_file():
         return f"{folder / COMPLETE_FILE} is missing (the save did not finish)"
     try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-        files: dict[str, dict[str, Any]] = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"{folder / MANIFEST_FILE} is unreadable: {e}"
+        manifest = read_manifest(folder)
+    except ValueError as e:
+        return str(e)
+    if manifest is None:
+        return f"{folder / MANIFEST_FILE} is unreadable: it is missing"
+    files: dict[str, dict[str, Any]] = manifest["files"]
     if STATE_FILE not in files:
         return f"{folder / MANIFEST_FILE} does not list {STATE_FILE}"
-    for rel, meta in files.items():
-        path = folder / rel
-        if not path.is_file():
-            return f"{path} is missing"
-        size = path.stat().st_size
-        if size != meta["size"]:
-            return f"{path} has {size} bytes but the manifest says {meta['size']} (truncated?)"
-        if _sha256(path) != meta["sha256"]:
-            return f"{path} does not match its sha256 in the manifest (corrupted)"
-    return None
+    return verify_files(folder, files)
 
 
 def read_state(folder: Path) -> TrainerState:
     return TrainerState.from_json(json.loads((folder / STATE_FILE).read_text(encoding="utf-8")))
-
-
-def _write_durably(path: Path, text: str) -> None:
-    with path.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -194,10 +167,10 @@ def save_checkpoint(
     accelerator.save_state(str(tmp), **extra)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        _write_durably(tmp / STATE_FILE, json.dumps(state.to_json(), indent=1))
+        write_text_durably(tmp / STATE_FILE, json.dumps(state.to_json(), indent=1))
         save_config(cfg, tmp / CONFIG_FILE)
         write_manifest(tmp, state.global_step)
-        _write_durably(tmp / COMPLETE_FILE, f"{state.global_step}\n")
+        write_text_durably(tmp / COMPLETE_FILE, f"{state.global_step}\n")
         _replace_dir(tmp, final)
         _fsync_dir(root)
         prune_checkpoints(output_dir, keep_last, keep=final)
@@ -262,6 +235,8 @@ def resolve_resume(accelerator: Accelerator, output_dir: str | Path, resume: str
                 log.info(
                     "resume=auto: no complete checkpoint in %s, starting fresh", checkpoints_root(output_dir)
                 )
+                # The new run's validation history must not be appended to the old run's.
+                set_history_aside(Path(output_dir))
         else:
             problem = verify_checkpoint(Path(resume))
             decision = (

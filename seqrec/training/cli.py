@@ -13,6 +13,12 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", help="'auto' (newest complete checkpoint) or a checkpoint path.")
     p.add_argument("--model", choices=["seqrec", "sasrec", "popularity"], help="Overrides train.model.")
     p.add_argument("--stage", choices=["joint", "head"], help="Overrides train.stage (seqrec only).")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Start over in an output folder that already holds a run (its checkpoints and best model "
+        "are deleted); without it such a folder needs --resume.",
+    )
     p.add_argument("overrides", nargs="*", help="key.path=value overrides, e.g. train.lr=3e-4.")
 
 
@@ -40,5 +46,5 @@ def config_from_args(args: argparse.Namespace) -> object:
 def run(args: argparse.Namespace) -> int:
     from seqrec.training.run import run_training
 
-    result = run_training(config_from_args(args))  # type: ignore[arg-type]
+    result = run_training(config_from_args(args), overwrite=args.overwrite)  # type: ignore[arg-type]
     return int(result.exit_code)

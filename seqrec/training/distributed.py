@@ -74,8 +74,8 @@ def deepspeed_config_path(train: TrainConfig) -> Path | None:
                 "the accelerate config enables DeepSpeed without `deepspeed_config_file`; "
                 "point it at a JSON in ds_configs/ (see train/accelerate/*.yaml)"
             )
-        from_env = Path(env_file)
-    from_cfg = Path(train.deepspeed) if train.deepspeed else None
+        from_env = locate_config_file(Path(env_file))
+    from_cfg = locate_config_file(Path(train.deepspeed)) if train.deepspeed else None
     if from_cfg and from_env and from_cfg.resolve() != from_env.resolve():
         raise ConfigError(
             f"train.deepspeed={from_cfg} but the accelerate config uses {from_env}; give only one or make them equal"
@@ -239,3 +239,13 @@ def control_group(accelerator: Accelerator) -> torch.distributed.ProcessGroup | 
     if dist.get_backend() == "gloo":
         return dist.group.WORLD
     return dist.new_group(backend="gloo")
+
+
+def locate_config_file(path: Path) -> Path:
+    """A relative DeepSpeed JSON path as written in train/accelerate/*.yaml (ds_configs/...): from
+    the working directory when it is there, else from the project root (the folder holding the
+    seqrec package and ds_configs/), so a launch works from any directory."""
+    if path.is_absolute() or path.is_file():
+        return path
+    root_relative = Path(__file__).resolve().parents[2] / path
+    return root_relative if root_relative.is_file() else path

@@ -198,6 +198,14 @@ class Trainer:
         self.last_saved_step = state.global_step if resumed_from else -1
         self.last_checkpoint: Path | None = resumed_from
         self.last_eval: dict[str, float] = {}
+        if state.finished and self._budget_raised(state):
+            log.info(
+                "the run stopped at its time budget (train.max_minutes) after %.1f min; continuing with "
+                "train.max_minutes=%g",
+                state.train_seconds / 60,
+                tc.max_minutes,
+            )
+            state.finished, state.stop_reason = False, ""
         if state.finished:
             log.info("the run in %s already finished (%s); nothing to do", self.output_dir, state.stop_reason)
             return self._result(state, resumed_from)
@@ -214,6 +222,13 @@ class Trainer:
         result = self._result(state, resumed_from)
         self._summary(result)
         return result
+
+    def _budget_raised(self, state: TrainerState) -> bool:
+        """A run stopped by train.max_minutes, resumed with a larger budget and steps left (a
+        resume without a budget, max_minutes=0, leaves the finished run as it is)."""
+        budget = self.tc.max_minutes
+        more_time = budget > 0 and state.train_seconds < budget * 60
+        return state.stop_reason == "max_minutes" and more_time and state.global_step < self.total_steps
 
     def _run(self, state: TrainerState, stop: StopFlag) -> str:
         """Train until a stop reason; returns it. Checkpoints along the way, not at the end."""

@@ -164,15 +164,29 @@ def fit_popularity(cfg: RunConfig, data: PreparedData) -> TrainResult:
 # ---- the entry --------------------------------------------------------------------------------
 
 
-def run_training(cfg: RunConfig, end_process_group: bool = True) -> TrainResult:
-    """Train `cfg.train.model` on `cfg.data_dir` into `cfg.train.output_dir`."""
+def run_training(cfg: RunConfig, end_process_group: bool = True, overwrite: bool = False) -> TrainResult:
+    """Train `cfg.train.model` on `cfg.data_dir` into `cfg.train.output_dir`.
+
+    Everything the run needs is checked before any work starts (config values, the data folder,
+    the backbone); the output folder is locked for the run and a folder that already holds a run
+    is refused unless `cfg.train.resume` continues it or `overwrite` starts over
+    (seqrec/training/run_folder.py)."""
+    from seqrec.training.preflight import preflight
+    from seqrec.training.run_folder import guarded_run_folder
+
+    validate(cfg)
+    preflight(cfg)
+    with guarded_run_folder(cfg.train.output_dir, cfg.train.resume, overwrite):
+        return _run_training(cfg, end_process_group)
+
+
+def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
     from accelerate.utils import set_seed
 
     from seqrec.data.schema import PreparedData
     from seqrec.training.distributed import make_accelerator
     from seqrec.training.loop import Trainer
 
-    validate(cfg)
     if cfg.train.model == "popularity":
         if not cfg.data_dir:
             raise ConfigError("data_dir is empty: pass --data DIR (a prepared data directory)")

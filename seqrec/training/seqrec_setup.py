@@ -31,6 +31,7 @@ from seqrec.data.collate import (
 from seqrec.data.examples import make_renderer, render_windows
 from seqrec.data.features import FeatureStore, build_feature_store
 from seqrec.data.schema import PreparedData
+from seqrec.manifest import seal_model_folder
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -174,6 +175,10 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
                 src = Path(cfg.train.init_from) / name
                 if src.is_file():
                     shutil.copy2(src, Path(folder) / name)
+            tuned = Path(cfg.train.init_from) / "backbone"  # a fully fine-tuned stage 1
+            if tuned.is_dir():
+                shutil.copytree(tuned, Path(folder) / "backbone", dirs_exist_ok=True)
+            seal_model_folder(folder)  # the manifest covers the copied adapter too
 
     return TrainingSetup(model, train_ds, collate, evaluate_fn, save_fn, model.param_groups(cfg.train))
 

@@ -177,13 +177,37 @@ def _record_lines(text: str, delimiter: str, quoting: bool) -> np.ndarray:
     return np.array(starts, dtype=np.int64)
 
 
+_DELIMITER_NAMES = {"\t": "tab", ";": "semicolon", "|": "pipe", ",": "comma"}
+
+
+def _delimiter_hint(found: list[str]) -> str:
+    """A header read as one column that holds another delimiter: say which one to set."""
+    if len(found) != 1:
+        return ""
+    for sep, name in _DELIMITER_NAMES.items():
+        if sep in found[0]:
+            if sep == "\t":
+                return "the header looks tab-separated: pass data.source.format=tsv"
+            return f"the header looks {name}-separated: pass data.source.delimiter='{sep}'"
+    return ""
+
+
 def suggest_columns(path: Path, missing: Iterable[str], found: list[str], hint: str = "") -> DataError:
+    missing = list(missing)
     parts = []
     for name in missing:
         close = difflib.get_close_matches(name, found, n=1)
         parts.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    hints = [_delimiter_hint(found)]
+    if not hints[0] and "behavior" in missing:
+        hints.append(
+            "a log with one kind of event needs no behaviour column: set data.source.columns.behavior=null "
+            "(each event then gets data.source.default_behavior)"
+        )
+    hints.append(hint)
     return DataError(
-        f"{path}: missing column(s) {', '.join(parts)}; the file has {found}" + (f"; {hint}" if hint else "")
+        f"{path}: missing column(s) {', '.join(parts)}; the file has {found}"
+        + "".join(f"; {h}" for h in hints if h)
     )
 
 
