@@ -60,7 +60,7 @@ def run_config(args: argparse.Namespace) -> Any:
         "train.warmup_ratio": 0.0,
         "train.scheduler": "constant",
         "train.tracker": "none",
-        "train.mixed_precision": args.precision,
+        "train.mixed_precision": f"'{args.precision}'",  # quoted: YAML reads a bare no as false
         "eval.batch_size": 3,
         "text.max_window_tokens": 48,
         "text.max_item_tokens": 16,

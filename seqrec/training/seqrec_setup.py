@@ -12,9 +12,11 @@ still encode new windows when serving.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -94,7 +96,6 @@ def ensure_features(
     items; rank 0 merges the shares (see seqrec.data.features.build_feature_store). Rank 0's view
     of the folder decides for everyone whether to build.
     """
-    import contextlib
     import json
 
     out = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
@@ -122,11 +123,7 @@ def ensure_features(
                 out,
                 world,
             )
-        no_zero_init: Any = contextlib.nullcontext()
-        plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
-        if plugin is not None:
-            no_zero_init = plugin.zero3_init_context_manager(enable=False)
-        with no_zero_init:
+        with _without_zero_init(accelerator):
             model = load_encoder_model(cfg, data, precision)
         model.eval()
         renderer = make_renderer(data, cfg)
@@ -151,6 +148,25 @@ def ensure_features(
             )
         del model
     return FeatureStore.load(out)
+
+
+@contextlib.contextmanager
+def _without_zero_init(accelerator: Accelerator | None) -> Iterator[None]:
+    """Load models whole on every rank, even under ZeRO-3. transformers partitions a model while it
+    loads (zero.Init, a collective) whenever a ZeRO-3 HfDeepSpeedConfig is registered, which
+    accelerate does for any stage-3 config whatever its zero3_init flag; unregister it here and
+    register the plugin's again afterwards."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -> TrainingSetup:
