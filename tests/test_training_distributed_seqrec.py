@@ -88,8 +88,8 @@ def worker(argv: list[str]) -> int:
     p.add_argument("--deepspeed", default=None)
     p.add_argument("--stage", default="joint")
     p.add_argument("--precision", default="bf16")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--eval-every", type=int, default=2)
+    p.add_argument("--steps", type=int, default=2)
+    p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -255,7 +255,7 @@ def check_run(out: Path, data: Any, stage: int, n: int = 2) -> None:
     assert [r["rank"] for r in reps] == list(range(n)) and {r["world"] for r in reps} == {n}
     assert {r["distributed_type"] for r in reps} == {"DistributedType.DEEPSPEED"}
     assert {r["param_dtype"] for r in reps} == {"torch.bfloat16"}  # really trained in bf16
-    assert {r["global_step"] for r in reps} == {3} and {r["stop_reason"] for r in reps} == {"max_steps"}
+    assert {r["global_step"] for r in reps} == {2} and {r["stop_reason"] for r in reps} == {"max_steps"}
     assert reps[0]["last_eval"] == reps[1]["last_eval"] and reps[0]["loss_finite"]
     assert (out / "best" / "head.safetensors").is_file()
     if stage == 3 and reps[0]["padded_calls"]:
@@ -357,8 +357,8 @@ def run_config_for(tmp_path: Path, backbone: Path) -> Any:
         deepspeed=None,
         stage="joint",
         batch_size=4,
-        steps=3,
-        eval_every=2,
+        steps=2,
+        eval_every=0,
         precision="no",
     )
     return run_config(args)
