@@ -288,3 +288,31 @@ def test_train_script_exits_2_with_one_line(case: str, tmp_path: Path, tiny_data
     assert done.returncode == 2, done.stderr
     lines = [line for line in done.stderr.splitlines() if line.startswith("train.py: error:")]
     assert len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_model_built_from_its_own_config_section(tiny_data: Any, tmp_path: Path) -> None:
+    """The model needs only its section plus a few sizes; such a model saves and reloads."""
+    from seqrec.modeling import SeqRecModel
+    from seqrec.modeling.model import SeqRecModelConfig
+    from tests.tiny_models import tiny_run_config
+
+    run = tiny_run_config("unused", **{"model.backbone.hidden_size": 12, "window.max_windows": 3})
+    spec = SeqRecModelConfig(run.model, max_windows=3)
+    feats = torch.nn.functional.normalize(torch.randn(tiny_data.n_items, 12), dim=-1)
+    model = SeqRecModel(
+        spec,
+        tiny_data.n_items,
+        tiny_data.profile_spec,
+        tiny_data.behaviors,
+        load_backbone=False,
+        item_counts=tiny_data.train_item_counts(),
+        item_features=feats,
+    )
+    assert model.spec.max_windows == 3 and model.aggregator.max_windows == 3
+    assert model.item_features.shape == (tiny_data.n_items, 12)
+    model.save_pretrained(tmp_path / "m")
+    loaded = SeqRecModel.from_pretrained(tmp_path / "m", load_backbone=False)
+    assert loaded.spec == model.spec
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        if name != "item_features":  # derived data, never saved
+            torch.testing.assert_close(a, b, msg=name)
