@@ -9,8 +9,9 @@ distance 0), it runs
 * 1 process, the same JSON, train.batch_size=2B,
 
 so both see the same 2B users per optimizer step (the same users: the epoch permutation is the
-seed's, and a rank's share is every other batch of it). Validation runs only at the end (outside
-the timed steps); the first step (warm-up) is dropped; the figure is the median step time. The
+seed's, and a rank's share is every other batch of it). The default 5 steps are one epoch of the
+tiny data set (40 training users, 8 per step), so the only validation comes after the last step,
+outside the timed span; the first step (warm-up) is dropped; the figure is the median step time. The
 ratio is median(2 processes) / median(1 process): below 1 means the second process pays off.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_training_seqrec.py [--backbone minilm-l6]
@@ -88,7 +89,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Joint stage, `{result['backbone']}` + LoRA (r=4), hybrid item tower, bf16 (DeepSpeed's CPU "
         f"accelerator), the tiny test data set (40 users, 30 items; windows of 3 events, at most 4 "
         f"windows, 48 window tokens), {result['steps']} optimizer steps, the first dropped. Both runs "
-        f"see the same {result['users_per_step']} users per optimizer step. Load average at start "
+        f"see the same {result['users_per_step']} users per optimizer step. DeepSpeed JSONs: "
+        f"ds_configs/zero2.json, and ds_configs/zero3.json with stage3_param_persistence_threshold 0 "
+        f"and stage3_max_reuse_distance 0 (the tests' settings). Load average at start "
         f"{result['load_start']}, at end {result['load_end']} (2 CPU cores, shared with other work).",
         "",
         "| ZeRO | processes | users per process per step | median step (s) | steps (s) |",
@@ -110,7 +113,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backbone", default="minilm-l6")
     p.add_argument("--batch", type=int, default=4, help="users per process with 2 processes")
-    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
@@ -124,6 +127,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-seqrec-") as tmp:
         root = Path(tmp)
         data = root / "data"
+        data.mkdir()
         write_prepared(data, **make_tiny_frames())
         for stage in args.stages:
             for n, batch in ((2, args.batch), (1, 2 * args.batch)):
