@@ -67,6 +67,10 @@ def run_config(args: argparse.Namespace) -> Any:
     }
     if args.deepspeed:
         overrides["train.deepspeed"] = args.deepspeed
+    if getattr(args, "init_from", None):
+        overrides["train.init_from"] = args.init_from
+    if getattr(args, "lr", None) is not None:
+        overrides["train.lr"] = overrides["train.backbone_lr"] = args.lr
     if args.stage == "head":
         overrides["model.backbone.hidden_size"] = 0
     return tiny_run_config(args.backbone, **overrides)
@@ -91,6 +95,8 @@ def worker(argv: list[str]) -> int:
     p.add_argument("--steps", type=int, default=2)
     p.add_argument("--eval-every", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--init-from", default=None)
+    p.add_argument("--lr", type=float, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -347,6 +353,38 @@ def test_head_stage_two_ranks_share_the_encode_zero3(
     torch.testing.assert_close(store.windows, expected_windows, rtol=0.0, atol=0.05)
     torch.testing.assert_close(store.items, expected_items, rtol=0.0, atol=0.05)
     check_run(out, tiny_data, 3)
+
+
+def test_init_from_under_zero3(
+    tmp_path: Path, tiny_data_dir: Path, tiny_data: Any, tiny_backbones: Any
+) -> None:
+    """train.init_from with a ZeRO-3-partitioned backbone: the saved adapter and head reach the
+    model on every rank (lr 0, so the final gathered weights must equal the source's)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from seqrec.modeling import SeqRecModel
+
+    backbone = tiny_backbones("llama")
+    source = SeqRecModel.from_data(run_config_for(tmp_path, backbone), tiny_data)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in source.named_parameters():
+            if "lora_B" in name or not name.startswith("encoder."):
+                p.add_(0.05 * torch.randn_like(p))  # lora_B starts at zero: make the adapter real
+    source.save_pretrained(tmp_path / "source")
+    out = launch(
+        tmp_path,
+        tiny_data_dir,
+        backbone,
+        ["--deepspeed", str(zero_config(tmp_path, 3)), "--init-from", str(tmp_path / "source"), "--lr", "0"],
+    )
+    assert "initialized from" in (tmp_path / "logs" / "rank0.log").read_text()
+    for name in ("adapter_model.safetensors", "head.safetensors"):
+        want, got = load_file(str(tmp_path / "source" / name)), load_file(str(out / "final" / name))
+        assert want.keys() == got.keys() and want
+        for k in want:  # bf16 round trip: 8 significant bits
+            torch.testing.assert_close(got[k].float(), want[k].float(), rtol=0.01, atol=1e-3, msg=k)
 
 
 def run_config_for(tmp_path: Path, backbone: Path) -> Any:

@@ -189,7 +189,7 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     else:
         model = SeqRecModel.from_data(cfg, data, backbone_dtype=precision.backbone_dtype)
         if cfg.train.init_from:
-            _load_weights(model, cfg.train.init_from)
+            _load_weights(model, cfg.train.init_from, accelerator)
         tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
         pad_id = int(model.tokenizer.pad_token_id or 0)
         if model.item_tower.uses_text:
@@ -251,10 +251,40 @@ def _cast_unpartitioned_parameters(model: SeqRecModel, dtype: Any) -> None:
             p.data = p.data.to(dtype)
 
 
-def _load_weights(model: SeqRecModel, folder: str) -> None:
-    """Initialize `model` (adapter + head) from a saved SeqRecModel folder of the same shape."""
+def _load_weights(model: SeqRecModel, folder: str, accelerator: Accelerator | None = None) -> None:
+    """Initialize `model` (adapter + head) from a saved SeqRecModel folder of the same shape.
+
+    The source is loaded whole on every rank (outside zero.Init). Under ZeRO-3 the target's
+    backbone is already partitioned: its entries are written through deepspeed's
+    GatheredParameters (a collective every rank joins; rank 0's values are kept), the rest
+    (head, adapters: not partitioned yet) directly."""
+    import torch
+
     from seqrec.modeling import SeqRecModel
 
-    src = SeqRecModel.from_pretrained(folder)
-    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-    log.info("initialized from %s (%d missing, %d unexpected keys)", folder, len(missing), len(unexpected))
+    with _without_zero_init(accelerator):
+        src = SeqRecModel.from_pretrained(folder)
+    state = src.state_dict()
+    params = dict(model.named_parameters())
+    partitioned = {k for k, p in params.items() if hasattr(p, "ds_id")}
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in partitioned}, strict=False
+    )
+    # Frozen partitioned tensors are the same pretrained weights on both sides: only trainable
+    # ones (full fine-tuning) need the collective gather.
+    gather = [k for k in state if k in partitioned and params[k].requires_grad]
+    if gather:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([params[k] for k in gather], modifier_rank=0):
+            if accelerator is None or accelerator.is_main_process:
+                with torch.no_grad():
+                    for k in gather:
+                        params[k].copy_(state[k].to(params[k].dtype))
+    log.info(
+        "initialized from %s (%d missing, %d unexpected keys; %d partitioned tensors gathered)",
+        folder,
+        len(set(missing) - partitioned),
+        len(unexpected),
+        len(gather),
+    )
