@@ -33,8 +33,10 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
-# Users in validation: odd, so the last eval batch is padded, and windows per user differ, so the
-# ranks make different numbers of backbone calls (ZeRO-3 must still not hang).
+# Users in validation: 7 in batches of 3 give 3 real batches for 2 ranks, so one rank has 2 real
+# batches and the other 1 (accelerate's even_batches pads it with a batch of repeated users, which
+# the evaluator drops); and windows per user differ, so the ranks make different numbers of
+# backbone calls per batch (ZeRO-3 must still not hang).
 EVAL_USERS = 7
 
 
