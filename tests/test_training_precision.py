@@ -316,3 +316,25 @@ def test_model_built_from_its_own_config_section(tiny_data: Any, tmp_path: Path)
     for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
         if name != "item_features":  # derived data, never saved
             torch.testing.assert_close(a, b, msg=name)
+
+
+def test_flash_attention_checks_on_a_gpu_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a CUDA machine still refuses: fp32 weights (no mixed precision, or full fine-tuning
+    without DeepSpeed) and a flash_attn that does not import."""
+    from seqrec.modeling import backbone
+    from seqrec.training.distributed import check_run_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    monkeypatch.setattr(backbone, "flash_attn_installed", lambda: True)
+    flash = "model.backbone.attn_implementation=flash_attention_2"
+    check_run_config(load_config(None, [flash, "train.mixed_precision=bf16"]), gpu=True)
+    with pytest.raises(ConfigError, match="runs only in fp16/bf16"):
+        check_run_config(load_config(None, [flash, "train.mixed_precision='no'"]), gpu=True)
+    full = load_config(None, [flash, "train.mixed_precision=bf16", "model.adapter.method=full"])
+    with pytest.raises(ConfigError, match="full fine-tuning without DeepSpeed"):
+        check_run_config(full, gpu=True)
+    check_run_config(full, gpu=True, deepspeed=True)
+    monkeypatch.setattr(backbone, "flash_attn_installed", lambda: False)
+    with pytest.raises(ConfigError, match="flash_attn does not import"):
+        check_run_config(load_config(None, [flash, "train.mixed_precision=bf16"]), gpu=True)

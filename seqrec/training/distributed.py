@@ -63,7 +63,7 @@ def resolve_mixed_precision(setting: str) -> str:
     return setting
 
 
-def check_run_config(cfg: RunConfig, gpu: bool | None = None) -> None:
+def check_run_config(cfg: RunConfig, gpu: bool | None = None, deepspeed: bool = False) -> None:
     """Settings this machine or this launch cannot honour, found before any process group starts
     (one ConfigError naming the setting; the entry points turn it into exit code 2)."""
     import importlib.util
@@ -88,6 +88,12 @@ def check_run_config(cfg: RunConfig, gpu: bool | None = None) -> None:
         if not gpu:
             raise ConfigError(
                 "model.backbone.attn_implementation=flash_attention_2 needs a CUDA GPU; use auto or sdpa"
+            )
+        if m.adapter.method == "full" and not deepspeed:
+            raise ConfigError(
+                "model.backbone.attn_implementation=flash_attention_2 runs only in fp16/bf16, and full "
+                "fine-tuning without DeepSpeed keeps fp32 weights (the master copy); use DeepSpeed "
+                "(train.deepspeed) with bf16, or auto/sdpa"
             )
         if m.backbone.dtype == "float32" or (
             m.backbone.dtype == "auto" and resolve_mixed_precision(t.mixed_precision) == "no"
@@ -345,7 +351,7 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
             mixed_precision,
             cfg.model.adapter.method if train.model == "seqrec" else None,
         )
-        check_run_config(cfg, gpu)  # after the JSON's own checks (e.g. QLoRA + ZeRO-3 names the JSON)
+        check_run_config(cfg, gpu, deepspeed=True)  # after the JSON's checks (QLoRA + ZeRO-3 names it)
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
         log.info("DeepSpeed ZeRO-%s from %s", ds_config["zero_optimization"]["stage"], ds_path)
     else:
