@@ -209,7 +209,10 @@ class BackboneConfig:
         "auto", "Weights dtype: auto = bf16 on a GPU that supports it, fp32 on CPU."
     )
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = _f(
-        "auto", "Attention kernel: auto = flash-attention 2 when installed on CUDA, else sdpa."
+        "auto",
+        "Attention kernel: auto = flash-attention 2 when flash_attn imports, on CUDA, in fp16/bf16, "
+        "for an architecture that supports it; else sdpa; else eager (the reason is logged). An explicit "
+        "kernel that cannot run here is an error.",
     )
     gradient_checkpointing: bool = _f(False, "Recompute activations in backward to save memory.")
     trust_remote_code: bool = _f(False, "Allow model code from the hub; off unless you trust the repo.")
@@ -406,7 +409,13 @@ class TrainConfig:
     deepspeed: str | None = _f(None, "DeepSpeed JSON (ds_configs/...); null = plain DDP/single process.")
     tracker: Literal["tensorboard", "wandb", "none"] = _f("tensorboard", "Experiment tracker.")
     log_every: int = _f(10, "Log metrics every N optimizer steps.")
-    num_workers: int = _f(0, "DataLoader worker processes.")
+    num_workers: int | None = _f(
+        None, "DataLoader worker processes; null = auto: 4 (at most the CPUs per process) on a GPU, 0 on CPU."
+    )
+    pin_memory: bool | None = _f(
+        None,
+        "Pin DataLoader batches in page-locked memory (faster copies to a GPU); null = auto: on a GPU only.",
+    )
     find_unused_parameters: bool = _f(
         False, "DDP only: allow parameters that get no gradient in a step (slower; needed by some models)."
     )

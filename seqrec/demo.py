@@ -115,6 +115,7 @@ def _explain(model_dir: Path, data: Any, cfg: Any, users: list[int], k: int = 5)
 
     from seqrec.data.collate import eval_batches
     from seqrec.data.examples import render_history
+    from seqrec.evaluation.cli import attach_catalogue
     from seqrec.modeling import SeqRecModel
 
     model = SeqRecModel.from_pretrained(model_dir, load_backbone=False)
@@ -122,6 +123,7 @@ def _explain(model_dir: Path, data: Any, cfg: Any, users: list[int], k: int = 5)
     batch = next(
         iter(eval_batches(model, data, model.cfg, "test", users=np.asarray(users), batch_size=len(users)))
     )
+    attach_catalogue(model, data, model.cfg)
     with torch.no_grad():
         out = model(batch)
         scores = model.score_batch(batch)

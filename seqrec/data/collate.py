@@ -12,6 +12,7 @@ Two ways a window reaches the model:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -34,7 +35,6 @@ from seqrec.data.examples import (
     make_renderer,
     render_windows,
     split_end,
-    window_targets,
 )
 from seqrec.data.features import FeatureStore
 from seqrec.data.render import Renderer
@@ -269,16 +269,34 @@ def _default_users(data: PreparedData, split: View) -> np.ndarray:
 
 
 def _pad(seqs: Sequence[Sequence[int]], value: int) -> torch.Tensor:
-    width = max((len(s) for s in seqs), default=0)
-    out = torch.full((len(seqs), max(width, 1)), value, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if len(s):
-            out[i, : len(s)] = torch.as_tensor(s, dtype=torch.long)
-    return out
+    """[n, longest] long tensor of right-padded sequences (one copy of all values, no loop per row)."""
+    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    return _pad_flat(_concat(seqs, lengths), lengths, value)
+
+
+def _concat(seqs: Sequence[Any], lengths: np.ndarray) -> np.ndarray:
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    if isinstance(seqs[0], np.ndarray):
+        return np.concatenate(seqs).astype(np.int64, copy=False)
+    return np.fromiter(itertools.chain.from_iterable(seqs), dtype=np.int64, count=total)
+
+
+def _pad_flat(flat: np.ndarray, lengths: np.ndarray, value: float, dtype: Any = np.int64) -> torch.Tensor:
+    """Rows of `lengths` consecutive values of `flat`, right-padded with `value` into [n, longest]."""
+    width = max(int(lengths.max()) if len(lengths) else 0, 1)
+    out = np.full((len(lengths), width), value, dtype=dtype)
+    out[np.arange(width)[None, :] < lengths[:, None]] = flat
+    return torch.from_numpy(out)
 
 
 class SeqRecCollator:
-    """Turns a list of dataset examples into a batch (see seqrec/data/batch.py)."""
+    """Turns a list of dataset examples into a batch (see seqrec/data/batch.py).
+
+    Vectorised: per batch, numpy gathers over all windows at once (one loop over users, none over
+    windows or tokens); see benchmarks/bench_collate.py for the timing.
+    """
 
     def __init__(
         self,
@@ -292,6 +310,11 @@ class SeqRecCollator:
         self.data, self.cfg, self.split = data, cfg, split
         self.features = features
         self.item_tokens = item_tokens  # catalogue token ids: live item encoding in training
+        self._item_lengths = (
+            np.fromiter((len(t) for t in item_tokens), dtype=np.int64, count=len(item_tokens))
+            if item_tokens is not None
+            else None
+        )
         self.pad_token_id = pad_token_id
         self.weights = behavior_weight_table(data.behaviors, cfg.model.head.behavior_weights)
         self.horizon = 1 if cfg.model.head.target == "next_event" else cfg.window.size
@@ -300,77 +323,118 @@ class SeqRecCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         inputs: list[UserInput] = [ex["input"] for ex in examples]
         b = len(inputs)
-        w_max = max((len(inp.windows) for inp in inputs), default=1) or 1
-        k_max = max((len(w) for inp in inputs for w in inp.windows), default=1) or 1
-        batch: dict[str, torch.Tensor] = {"user_idx": torch.tensor([inp.user_idx for inp in inputs])}
+        counts = np.fromiter((len(inp.windows) for inp in inputs), dtype=np.int64, count=b)
+        n = int(counts.sum())
+        # Every window of the batch, flattened user by user: its user (slot row) and slot.
+        user_of = np.repeat(np.arange(b), counts)
+        slot_of = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+        bounds = np.fromiter(
+            itertools.chain.from_iterable((w.start, w.end) for inp in inputs for w in inp.windows),
+            dtype=np.int64,
+            count=2 * n,
+        ).reshape(n, 2)
+        starts, ends = bounds[:, 0], bounds[:, 1]
+        w_max = max(int(counts.max()) if b else 1, 1)
+        k_max = max(int((ends - starts).max()) if n else 1, 1)
+        batch: dict[str, torch.Tensor] = {
+            "user_idx": torch.tensor([inp.user_idx for inp in inputs], dtype=torch.long)
+        }
 
-        # Flatten windows; optionally order them by token length so micro-batches pad little.
-        flat: list[tuple[int, int]] = [
-            (bi, wi) for bi, inp in enumerate(inputs) for wi in range(len(inp.windows))
-        ]
+        # Windows in token-length order (when bucketing) so micro-batches pad little.
         if "window_ids" in examples[0]:
-            lengths = [len(examples[bi]["window_ids"][wi]) for bi, wi in flat]
-            order = (
-                sorted(range(len(flat)), key=lambda j: lengths[j]) if self.bucket else list(range(len(flat)))
-            )
-            ids = [examples[flat[j][0]]["window_ids"][flat[j][1]] for j in order]
-            batch["window_input_ids"] = _pad(ids, self.pad_token_id)
-            batch["window_attention_mask"] = (_pad([[1] * len(x) for x in ids], 0)).long()
+            ids = [x for ex in examples for x in ex["window_ids"]]
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=n)
+            order = np.argsort(lengths, kind="stable") if self.bucket else np.arange(n)
+            ids = [ids[j] for j in order.tolist()]
+            lengths = lengths[order]
+            batch["window_input_ids"] = _pad_flat(_concat(ids, lengths), lengths, self.pad_token_id)
+            batch["window_attention_mask"] = _pad_flat(np.ones(int(lengths.sum()), np.int64), lengths, 0)
         else:
             assert self.features is not None
-            order = list(range(len(flat)))
-            rows = [examples[bi]["feature_rows"][wi] for bi, wi in flat]
-            batch["window_features"] = self.features.windows[torch.as_tensor(rows, dtype=torch.long)]
-        row_of = {flat[j]: r for r, j in enumerate(order)}
+            order = np.arange(n)
+            rows = np.fromiter(
+                itertools.chain.from_iterable(ex["feature_rows"] for ex in examples), dtype=np.int64, count=n
+            )
+            batch["window_features"] = self.features.windows[torch.from_numpy(rows)]
+        row_of = np.empty(n, dtype=np.int64)
+        row_of[order] = np.arange(n)  # window j of the flat list sits at row row_of[j]
 
-        window_index = torch.full((b, w_max), PAD, dtype=torch.long)
-        window_time = torch.zeros((b, w_max), dtype=torch.float64)
-        window_items = torch.full((b, w_max, k_max), PAD, dtype=torch.long)
+        window_index = np.full((b, w_max), PAD, dtype=np.int64)
+        window_index[user_of, slot_of] = row_of
+        window_time = np.zeros((b, w_max), dtype=np.float64)
+        window_items = np.full((b, w_max, k_max), PAD, dtype=np.int64)
+        offset = np.arange(k_max)[None, :]
         for bi, inp in enumerate(inputs):
+            if not counts[bi]:
+                continue
             items, times, _ = self.data.sequence(inp.user_idx)
-            for wi, w in enumerate(inp.windows):
-                window_index[bi, wi] = row_of[(bi, wi)]
-                window_time[bi, wi] = float(times[w.end - 1])
-                window_items[bi, wi, : len(w)] = torch.from_numpy(items[w.start : w.end].astype(np.int64))
-        batch["window_index"] = window_index
-        batch["window_mask"] = window_index >= 0
-        batch["window_time"] = window_time
-        batch["window_items"] = window_items
+            sel = user_of == bi
+            s, e = starts[sel], ends[sel]
+            window_time[bi, : len(s)] = times[e - 1]
+            pos = s[:, None] + offset  # [w, k]
+            inside = pos < e[:, None]
+            window_items[bi, : len(s)] = np.where(inside, items[np.minimum(pos, len(items) - 1)], PAD)
+        batch["window_index"] = torch.from_numpy(window_index)
+        batch["window_mask"] = batch["window_index"] >= 0
+        batch["window_time"] = torch.from_numpy(window_time)
+        batch["window_items"] = torch.from_numpy(window_items)
 
         users = batch["user_idx"].numpy()
         batch["profile_cat"] = torch.from_numpy(self.data.profile_cat[users].astype(np.int64))
         batch["profile_num"] = torch.from_numpy(self.data.profile_num[users].astype(np.float32))
 
         if self.split == "train":
-            self._add_targets(batch, inputs, w_max)
+            self._add_targets(batch, inputs, w_max, user_of, slot_of, ends)
         elif self.split == "serve":
             self._add_history(batch, inputs)
         else:
             self._add_eval(batch, inputs)
         return batch
 
-    def _add_targets(self, batch: dict[str, torch.Tensor], inputs: list[UserInput], w_max: int) -> None:
-        per_user = []
-        for inp in inputs:
-            train_end = self.data.input_end(inp.user_idx, "train")
-            per_user.append(window_targets(self.data, inp, self.horizon, train_end))
-        p_max = max((len(t) for ti, _ in per_user for t in ti), default=1) or 1
+    def _add_targets(
+        self,
+        batch: dict[str, torch.Tensor],
+        inputs: list[UserInput],
+        w_max: int,
+        user_of: np.ndarray,
+        slot_of: np.ndarray,
+        ends: np.ndarray,
+    ) -> None:
+        """Targets of window j: the events in [e_j, min(e_j + horizon, train_end)) (as
+        seqrec.data.examples.window_targets), gathered for all windows at once."""
         b = len(inputs)
-        target_items = torch.full((b, w_max, p_max), PAD, dtype=torch.long)
-        target_weights = torch.zeros((b, w_max, p_max), dtype=torch.float32)
-        for bi, (titems, tbehs) in enumerate(per_user):
-            for wi, (it, bh) in enumerate(zip(titems, tbehs)):
-                if len(it):
-                    target_items[bi, wi, : len(it)] = torch.from_numpy(it.astype(np.int64))
-                    target_weights[bi, wi, : len(it)] = torch.from_numpy(self.weights[bh.astype(np.int64)])
-        batch["target_items"] = target_items
-        batch["target_weights"] = target_weights
+        train_end = np.fromiter(
+            (self.data.input_end(inp.user_idx, "train") for inp in inputs), dtype=np.int64, count=b
+        )
+        hi = np.minimum(ends + self.horizon, train_end[user_of])
+        n_targets = np.maximum(hi - ends, 0)  # [n]
+        p_max = max(int(n_targets.max()) if len(n_targets) else 1, 1)
+        target_items = np.full((b, w_max, p_max), PAD, dtype=np.int64)
+        target_weights = np.zeros((b, w_max, p_max), dtype=np.float32)
+        offset = np.arange(p_max)[None, :]
+        for bi, inp in enumerate(inputs):
+            sel = user_of == bi
+            if not sel.any():
+                continue
+            items, _, behs = self.data.sequence(inp.user_idx)
+            e, count = ends[sel], n_targets[sel]
+            pos = e[:, None] + offset  # [w, p]
+            inside = offset < count[:, None]
+            safe = np.minimum(pos, len(items) - 1)
+            slots = slot_of[sel]
+            target_items[bi, slots] = np.where(inside, items[safe], PAD)
+            target_weights[bi, slots] = np.where(inside, self.weights[behs[safe].astype(np.int64)], 0.0)
+        batch["target_items"] = torch.from_numpy(target_items)
+        batch["target_weights"] = torch.from_numpy(target_weights)
         if self.item_tokens is not None:
-            live = torch.unique(target_items[target_items >= 0])
+            assert self._item_lengths is not None
+            live = torch.unique(batch["target_items"][batch["target_items"] >= 0])
             batch["item_live_idx"] = live
-            ids = [self.item_tokens[i] for i in live.tolist()]
-            batch["item_input_ids"] = _pad(ids, self.pad_token_id)
-            batch["item_attention_mask"] = _pad([[1] * len(x) for x in ids], 0)
+            picked = live.numpy()
+            lengths = self._item_lengths[picked]
+            ids = [self.item_tokens[i] for i in picked.tolist()]
+            batch["item_input_ids"] = _pad_flat(_concat(ids, lengths), lengths, self.pad_token_id)
+            batch["item_attention_mask"] = _pad_flat(np.ones(int(lengths.sum()), np.int64), lengths, 0)
 
     def _add_history(self, batch: dict[str, torch.Tensor], inputs: list[UserInput]) -> None:
         history = [np.unique(self.data.sequence(inp.user_idx)[0][: inp.end]).tolist() for inp in inputs]
@@ -421,20 +485,36 @@ def eval_batches(
 ) -> DataLoader:
     """Evaluation batches for a SeqRecModel: tokens when it has a backbone, else cached features.
 
+    The model is only read (its tokenizer), never changed: what it needs of the catalogue comes
+    from :func:`catalogue_inputs`, and the caller gives it to the model.
     A model trained in the head stage and loaded without its backbone reads the feature folder of
-    its run (``train.features_dir``, default ``<output_dir>/features``); its item features are set
-    from the same folder.
+    its run (``train.features_dir``, default ``<output_dir>/features``).
     """
     if model.tokenizer is not None:
         tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
-        if model.item_tower.uses_text and model.item_tokens is None:
-            model.set_item_tokens(item_token_ids(data, cfg, tokens))
         pad = int(model.tokenizer.pad_token_id or 0)
         return eval_loader(
             data, cfg, split, tokens=tokens, users=users, batch_size=batch_size, pad_token_id=pad
         )
-    folder = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
-    store = FeatureStore.load(folder)
-    if model.item_tower.uses_text:
-        model.set_item_features(store.items)
+    store = FeatureStore.load(_features_folder(cfg))
     return eval_loader(data, cfg, split, features=store, users=users, batch_size=batch_size)
+
+
+def _features_folder(cfg: RunConfig) -> Path:
+    return Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
+
+
+def catalogue_inputs(
+    model: Any, data: PreparedData, cfg: RunConfig
+) -> tuple[list[list[int]] | None, torch.Tensor | None]:
+    """(catalogue token ids, cached catalogue features) a SeqRecModel still lacks for scoring:
+    token ids when it has a backbone and no tokens yet, the run's cached item features when it has
+    none (head stage), else None. The caller sets them (``set_item_tokens`` / ``set_item_features``)."""
+    if not model.item_tower.uses_text:
+        return None, None
+    if model.tokenizer is not None:
+        if model.item_tokens is not None:
+            return None, None
+        tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
+        return item_token_ids(data, cfg, tokens), None
+    return None, FeatureStore.load(_features_folder(cfg)).items

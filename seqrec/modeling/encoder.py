@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Encoded:
-    emb: torch.Tensor  # [N, H] float32, in input order
+    emb: torch.Tensor  # [N, H] in the backbone's dtype, in input order
     tokens: int  # tokens the backbone processed, padding included
     nonpad_tokens: int  # real tokens among them
 
@@ -46,9 +46,10 @@ def pool_hidden(hidden: torch.Tensor, mask: torch.Tensor, mode: str) -> torch.Te
         length = mask.shape[1]
         last = length - 1 - torch.flip(mask.long(), dims=[1]).argmax(dim=1)  # [n]
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
-    # A batched matmul sums over tokens with float32 accumulation, even for bf16 hidden states.
+    # A batched matmul sums over tokens with float32 accumulation, even for bf16 hidden states;
+    # the mean stays in the hidden states' dtype (the model casts what enters it, see model.py).
     summed = torch.bmm(mask.to(hidden.dtype).unsqueeze(1), hidden).squeeze(1)  # [n, H]
-    return summed.float() / mask.sum(dim=1, keepdim=True).clamp(min=1).float()
+    return summed / mask.sum(dim=1, keepdim=True).clamp(min=1).to(hidden.dtype)
 
 
 def normalize(x: torch.Tensor, norm: str) -> torch.Tensor:
@@ -144,19 +145,37 @@ class TextEncoder(nn.Module):
         self.cfg = cfg
         self.pooling = cfg.pooling if cfg.pooling != "auto" else ("last" if is_decoder else "mean")
         self.pad_token_id = int(pad_token_id)
+        self._sync = True
+        # Dummy calls made so far to match the busiest rank, by mode (monitoring and tests).
+        self.padded_calls = {"train": 0, "eval": 0}
+
+    @contextlib.contextmanager
+    def local_only(self) -> Iterator[None]:
+        """Encode on this rank alone (no call-count sync); only valid when the backbone is not
+        ZeRO-3 partitioned (e.g. serving, or one process)."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
 
     @property
     def device(self) -> torch.device:
         return next(self.backbone.parameters()).device
 
+    def partitioned(self) -> bool:
+        """Whether DeepSpeed ZeRO-3 shards the backbone's parameters (they carry a ``ds_id``)."""
+        first = next(self.backbone.parameters(), None)
+        return first is not None and hasattr(first, "ds_id")
+
     def trainable(self) -> bool:
         return any(p.requires_grad for p in self.backbone.parameters())
 
     def _run(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """One backbone call on a right-padded micro-batch -> pooled [m, H] in float32."""
+        """One backbone call on a right-padded micro-batch -> pooled [m, H] in the backbone's dtype."""
         kwargs = {"use_cache": False} if self.is_decoder else {}
         out = self.backbone(input_ids=ids, attention_mask=mask, **kwargs)
-        return pool_hidden(out.last_hidden_state, mask, self.pooling).float()
+        return pool_hidden(out.last_hidden_state, mask, self.pooling)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Encoded:
         """Encode [N, L] token ids (any padding side) -> Encoded with emb [N, H] in input order."""
@@ -172,32 +191,49 @@ class TextEncoder(nn.Module):
         grad = contextlib.nullcontext() if self.trainable() else torch.no_grad()
         pooled: list[torch.Tensor] = []
         tokens = 0
+        # Agree on the call count BEFORE the first call: a rank that finished its calls and then
+        # entered a count all-reduce would meet the busier rank's ZeRO-3 all-gather instead.
+        missing = self._missing_calls(len(plan), device)
         with grad:
             for rows in plan:
                 ids, mask = repack_right(input_ids, attention_mask, rows.to(device), self.pad_token_id)
                 tokens += ids.numel()
                 pooled.append(self._run(ids, mask))
-            anchor = self._sync_calls(len(plan), device)
+            anchor = self._dummy_calls(missing, device)
         hidden = pooled[0].shape[1] if pooled else self.hidden_size
-        emb = torch.zeros((len(lengths), hidden), device=device)
+        dtype = pooled[0].dtype if pooled else (anchor.dtype if anchor is not None else torch.float32)
+        emb = torch.zeros((len(lengths), hidden), device=device, dtype=dtype)
         if pooled:
             emb = emb.index_copy(0, torch.cat(plan).to(device), torch.cat(pooled))
         if anchor is not None:
-            emb = emb + anchor
+            emb = emb + anchor.to(emb.dtype)
         return Encoded(normalize(emb, self.cfg.norm), tokens, int(lengths.sum()))
 
-    def _sync_calls(self, n_calls: int, device: torch.device) -> torch.Tensor | None:
-        """Under torch.distributed in training, run dummy calls until every rank made as many backbone
-        calls as the busiest one: ZeRO-3 gathers each layer's parameters collectively, so ranks
-        with fewer micro-batches would leave the others waiting forever. The dummies contribute
-        0 x output, so every parameter sees the same (zero) gradient path on every rank."""
-        if not (self.training and self.cfg.sync_micro_batches and _world_size() > 1):
-            return None
+    def _missing_calls(self, n_calls: int, device: torch.device) -> int:
+        """Under torch.distributed, how many dummy calls this rank must add to make as many backbone
+        calls as the busiest one: ZeRO-3 gathers each layer's parameters collectively, so ranks with fewer
+        micro-batches would leave the others waiting forever. The dummies contribute 0 x output,
+        so every parameter sees the same (zero) gradient path on every rank.
+
+        In training always; in evaluation too when the backbone is ZeRO-3 partitioned (validation
+        batches differ in windows per rank just as training batches do). Every rank must then call
+        forward() equally often, which the training loop, validation (even batches) and the
+        catalogue encode (same catalogue, or equal padded shares, on every rank) all do.
+        ``local_only()`` turns the sync off for work that runs on one rank alone."""
+        if not (self.cfg.sync_micro_batches and self._sync and _world_size() > 1):
+            return 0
+        if not self.training and not self.partitioned():
+            return 0
         count = torch.tensor([n_calls], device=device)
         torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+        return int(count.item()) - n_calls
+
+    def _dummy_calls(self, missing: int, device: torch.device) -> torch.Tensor | None:
+        """`missing` one-token backbone calls; returns 0 x their outputs (None when none)."""
         anchor = None
         one = torch.ones((1, 1), dtype=torch.long, device=device)
-        for _ in range(int(count.item()) - n_calls):
+        self.padded_calls["train" if self.training else "eval"] += missing
+        for _ in range(missing):
             out = self._run(one * self.pad_token_id, one).sum() * 0.0
             anchor = out if anchor is None else anchor + out
         return anchor
@@ -206,7 +242,7 @@ class TextEncoder(nn.Module):
     def encode_token_lists(
         self, token_lists: Sequence[Sequence[int]], batch_size: int, desc: str = "Encoding"
     ) -> torch.Tensor:
-        """[N, H] float32 for token-id lists, in eval mode (no dropout), shortest first, with progress."""
+        """[N, H] (backbone dtype) for token-id lists, in eval mode (no dropout), shortest first."""
         was_training = self.training
         self.eval()
         try:
@@ -218,7 +254,9 @@ class TextEncoder(nn.Module):
                     ids, mask = pad_token_lists([token_lists[i] for i in rows.tolist()], self.pad_token_id)
                     emb = self.forward(ids, mask).emb
                     if out is None:
-                        out = torch.zeros((len(token_lists), emb.shape[1]), device=emb.device)
+                        out = torch.zeros(
+                            (len(token_lists), emb.shape[1]), device=emb.device, dtype=emb.dtype
+                        )
                     out[rows.to(emb.device)] = emb
                     bar.update(len(rows))
             return out if out is not None else torch.zeros((0, self.hidden_size))

@@ -14,7 +14,18 @@ One training step (joint stage, batch keys in seqrec/data/batch.py):
    plus sampled candidates (sampled softmax with log-Q correction); see losses.py.
 
 Head stage (``load_backbone=False``): no backbone; batches carry ``window_features`` and the item
-features are set once with :meth:`set_item_features`.
+features are given at construction (``item_features=``) or set once with :meth:`set_item_features`.
+
+Precision and device: the model never decides them. Whoever runs it (the training setup, from the
+accelerate/DeepSpeed state; serving, from the backbone config) places and casts its parameters;
+every float tensor that ENTERS the model (window features, the encoder's pooled output, the item
+feature cache, profile numerics) is cast at this boundary to the dtype and device of the model's
+own parameters (:meth:`SeqRecModel.to_model`). Only the losses compute in float32, for a
+numerically safe log-softmax.
+
+Configuration: the model reads :class:`SeqRecModelConfig`, its own section (``model``) plus the few
+sizes it needs from the rest of the run (``window.max_windows`` and the text token limits). Given a
+whole RunConfig, it keeps a copy only as the record saved beside its weights (``self.cfg``).
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from seqrec.config import ConfigError, RunConfig, TrainConfig
+from seqrec.config import ConfigError, ModelConfig, RunConfig, TrainConfig
 from seqrec.data.batch import tokenize_texts
 from seqrec.data.schema import PreparedData, ProfileSpec
 from seqrec.modeling.adapters import apply_adapters
@@ -66,6 +77,27 @@ class SeqRecOutput:
     metrics: dict[str, float] = field(default_factory=dict)  # tokens, nonpad_tokens (ints), losses
 
 
+@dataclass
+class SeqRecModelConfig:
+    """What SeqRecModel reads: the run's ``model`` section and the few sizes it needs elsewhere."""
+
+    model: ModelConfig
+    max_windows: int  # window.max_windows: aggregator positions
+    max_window_tokens: int = 256  # text.max_window_tokens: encode_texts("window")
+    max_item_tokens: int = 64  # text.max_item_tokens: encode_texts("item")
+
+    @classmethod
+    def from_run(cls, cfg: RunConfig) -> SeqRecModelConfig:
+        return cls(cfg.model, cfg.window.max_windows, cfg.text.max_window_tokens, cfg.text.max_item_tokens)
+
+    def to_run(self) -> RunConfig:
+        """A RunConfig (defaults elsewhere) carrying this section, for models built without one."""
+        cfg = RunConfig(model=self.model)
+        cfg.window.max_windows = self.max_windows
+        cfg.text.max_window_tokens, cfg.text.max_item_tokens = self.max_window_tokens, self.max_item_tokens
+        return cfg
+
+
 def init_head_weights(module: nn.Module) -> None:
     """GPT-style init for everything outside the backbone: N(0, 0.02) weights, zero biases.
 
@@ -84,23 +116,38 @@ class SeqRecModel(nn.Module):
     Evaluation: ``prepare_eval`` then ``score_batch``. Serving: ``user_embeddings``,
     ``item_embeddings``, ``encode_texts``. Persistence: ``save_pretrained`` / ``from_pretrained``.
 
-    ``self.cfg`` is a copy of the given config with ``model.backbone.hidden_size`` filled in: save
-    that one, not the caller's. Build data-pipeline tokens with ``self.tokenizer`` and
-    ``self.is_decoder`` (decoders get EOS appended; see seqrec.data.batch.tokenize_texts).
+    ``self.spec`` is what the model reads (a copy, with ``model.backbone.hidden_size`` filled in);
+    ``self.cfg`` is the run config saved with the model (``self.cfg.model is self.spec.model``).
+    Build data-pipeline tokens with ``self.tokenizer`` and ``self.is_decoder`` (decoders get EOS
+    appended; see seqrec.data.batch.tokenize_texts).
+
+    Everything the model needs from the data is a construction input, never set by the data layer:
+    ``item_counts`` (training counts per item: the sampled-softmax prior), ``item_tokens`` (the
+    catalogue's token ids, joint stage) and ``item_features`` (cached catalogue features, head
+    stage). ``backbone_dtype`` overrides ``model.backbone.dtype`` (the training setup passes the one
+    its precision needs; see seqrec.training.distributed.compute_precision).
     """
 
     def __init__(
         self,
-        cfg: RunConfig,
+        cfg: RunConfig | SeqRecModelConfig,
         n_items: int,
         profile_spec: ProfileSpec,
         behaviors: Sequence[str],
         load_backbone: bool = True,
         backbone_weights_dir: str | Path | None = None,
+        *,
+        item_counts: np.ndarray | None = None,
+        item_tokens: list[list[int]] | None = None,
+        item_features: torch.Tensor | None = None,
+        backbone_dtype: torch.dtype | None = None,
     ):
         super().__init__()
-        self.cfg = copy.deepcopy(cfg)  # hidden_size is filled in below; the caller's config is untouched
-        m = self.cfg.model
+        # Copies: hidden_size is filled in below; the caller's config is untouched.
+        run_cfg = cfg if isinstance(cfg, RunConfig) else cfg.to_run()
+        self.cfg = copy.deepcopy(run_cfg)
+        self.spec = SeqRecModelConfig.from_run(self.cfg)
+        m = self.spec.model
         self.n_items = int(n_items)
         self.profile_spec = profile_spec
         self.behaviors = list(behaviors)
@@ -109,7 +156,9 @@ class SeqRecModel(nn.Module):
         self.is_decoder = m.backbone.kind == "decoder"
         self.base_name = real_base_name(m.backbone.name)
         if load_backbone:
-            bb = load_backbone_weights(m.backbone, m.adapter.method == "qlora", backbone_weights_dir)
+            bb = load_backbone_weights(
+                m.backbone, m.adapter.method == "qlora", backbone_weights_dir, dtype=backbone_dtype
+            )
             module = apply_adapters(
                 bb.model, m.adapter, bb.model_type, bb.base_name, m.backbone.gradient_checkpointing
             )
@@ -126,7 +175,7 @@ class SeqRecModel(nn.Module):
         feat_dim, dim = m.backbone.hidden_size, m.head.dim
         self.item_tower = ItemTower(self.n_items, feat_dim, m.items, dim, need_ids=m.aggregator.use_item_ids)
         self.aggregator = WindowAggregator(
-            feat_dim, m.aggregator, self.cfg.window.max_windows, dim if m.aggregator.use_item_ids else None
+            feat_dim, m.aggregator, self.spec.max_windows, dim if m.aggregator.use_item_ids else None
         )
         use_profile = m.profile.enabled and ProfileEncoder.has_features(profile_spec)
         self.profile = ProfileEncoder(profile_spec, m.profile) if use_profile else None
@@ -143,20 +192,51 @@ class SeqRecModel(nn.Module):
         self._item_tokens: list[list[int]] | None = None
         self._cache_fresh = False
         self._eval_items: torch.Tensor | None = None
+        if item_counts is not None:
+            self.set_item_prior(item_counts)
+        if item_tokens is not None:
+            self.set_item_tokens(item_tokens)
+        if item_features is not None:
+            self.set_item_features(item_features)
 
     @classmethod
-    def from_data(cls, cfg: RunConfig, data: PreparedData, load_backbone: bool = True) -> SeqRecModel:
-        model = cls(cfg, data.n_items, data.profile_spec, data.behaviors, load_backbone)
-        model.set_item_prior(data.train_item_counts())
-        return model
+    def from_data(
+        cls, cfg: RunConfig | SeqRecModelConfig, data: PreparedData, load_backbone: bool = True, **kwargs: Any
+    ) -> SeqRecModel:
+        """A fresh model for `data` (sizes, profile spec, behaviours, item prior); `kwargs` go to
+        the constructor (item_tokens, item_features, backbone_dtype)."""
+        return cls(
+            cfg,
+            data.n_items,
+            data.profile_spec,
+            data.behaviors,
+            load_backbone,
+            item_counts=data.train_item_counts(),
+            **kwargs,
+        )
 
     @property
     def device(self) -> torch.device:
         return self.item_log_prior.device
 
     @property
+    def dtype(self) -> torch.dtype:
+        """Compute dtype of the layers outside the backbone (what DeepSpeed/accelerate made them)."""
+        for p in self.aggregator.parameters():
+            if p.is_floating_point():
+                shard = getattr(p, "ds_tensor", None)  # ZeRO-3: the partition holds the real dtype
+                return shard.dtype if shard is not None else p.dtype
+        return torch.float32
+
+    def to_model(self, x: torch.Tensor) -> torch.Tensor:
+        """A tensor entering the model: onto its device; float tensors also to its compute dtype."""
+        if x.is_floating_point():
+            return x.to(self.device, self.dtype)
+        return x.to(self.device)
+
+    @property
     def feature_dim(self) -> int:
-        return int(self.cfg.model.backbone.hidden_size)
+        return int(self.spec.model.backbone.hidden_size)
 
     def train(self, mode: bool = True) -> SeqRecModel:
         if mode:
@@ -173,7 +253,7 @@ class SeqRecModel(nn.Module):
                 raise KeyError(
                     "batch has neither window_input_ids (joint stage) nor window_features (head stage)"
                 )
-            return batch["window_features"].to(self.device, torch.float32), None, {}
+            return self.to_model(batch["window_features"]), None, {}
         if self.encoder is None:
             raise ValueError("this model has no backbone (head stage): batches must carry window_features")
         ids, mask = batch["window_input_ids"], batch["window_attention_mask"]
@@ -192,8 +272,9 @@ class SeqRecModel(nn.Module):
                 self.encoder.pad_token_id,
             )
         out = self.encoder(ids, mask)
+        emb = self.to_model(out.emb)  # the backbone's dtype (bf16 on a GPU) -> the head's
         stats = {"tokens": out.tokens, "nonpad_tokens": out.nonpad_tokens, "texts": ids.shape[0]}
-        return out.emb[:n_windows], (out.emb[n_windows:] if live else None), stats
+        return emb[:n_windows], (emb[n_windows:] if live else None), stats
 
     def encode_windows(self, batch: Batch) -> torch.Tensor:
         """[N, H] pooled, normalized window embeddings (backbone, or the batch's window_features)."""
@@ -208,17 +289,17 @@ class SeqRecModel(nn.Module):
             raise RuntimeError("encode_texts needs the backbone; this model was built without one")
         if kind not in ("window", "item"):
             raise ValueError(f"kind must be 'window' or 'item', got {kind!r}")
-        enc, text = self.cfg.model.encoder, self.cfg.text
+        enc = self.spec.model.encoder
         prefix, limit = (
-            (enc.window_prefix, text.max_window_tokens)
+            (enc.window_prefix, self.spec.max_window_tokens)
             if kind == "window"
-            else (enc.item_prefix, text.max_item_tokens)
+            else (enc.item_prefix, self.spec.max_item_tokens)
         )
         distinct = list(dict.fromkeys(texts))
         if not distinct:
             return torch.zeros((0, self.feature_dim))
         ids = tokenize_texts(self.tokenizer, distinct, prefix, limit, append_eos=self.is_decoder)
-        emb = self.encoder.encode_token_lists(ids, batch_size, desc=f"Encoding {kind}s").cpu()
+        emb = self.encoder.encode_token_lists(ids, batch_size, desc=f"Encoding {kind}s").cpu().float()
         row = {t: i for i, t in enumerate(distinct)}
         return emb[torch.tensor([row[t] for t in texts])]
 
@@ -247,7 +328,7 @@ class SeqRecModel(nn.Module):
         if self.encoder is None or self._item_tokens is None:
             raise RuntimeError("build_item_cache needs the backbone and the catalogue token ids")
         feats = self.encoder.encode_token_lists(
-            self._item_tokens, batch_size or self.cfg.model.encoder.micro_batch_size, desc="Encoding items"
+            self._item_tokens, batch_size or self.spec.model.encoder.micro_batch_size, desc="Encoding items"
         )
         self.set_item_features(feats)
 
@@ -257,7 +338,7 @@ class SeqRecModel(nn.Module):
             raise ValueError(
                 f"item features must be [{self.n_items}, {self.feature_dim}], got {list(feats.shape)}"
             )
-        self.item_features = feats.detach().to(self.device, torch.float32)
+        self.item_features = self.to_model(feats.detach())
         self._cache_fresh = True
         self._eval_items = None
 
@@ -280,7 +361,7 @@ class SeqRecModel(nn.Module):
         feats = None
         if self.item_tower.uses_text:
             self._ensure_item_cache()
-            feats = self.item_features[idx]  # [M, H]
+            feats = self.to_model(self.item_features[idx])  # [M, H] (a cast module may hold another dtype)
             if live_idx is not None and live_feats is not None and len(live_idx):
                 order = torch.argsort(live_idx)
                 live_sorted, feats_sorted = live_idx[order], live_feats[order]
@@ -299,6 +380,7 @@ class SeqRecModel(nn.Module):
         if counts.shape != (self.n_items,):
             raise ValueError(f"train_item_counts must have {self.n_items} entries, got {tuple(counts.shape)}")
         prior = (counts + 1.0) / (counts + 1.0).sum()
+        # float32 whatever the model's dtype: it only enters the (float32) loss; see _loss.
         self.item_log_prior = prior.log().to(self.device, torch.float32)
 
     # ---- users ---------------------------------------------------------------------------------
@@ -315,7 +397,9 @@ class SeqRecModel(nn.Module):
         states, attn = self.aggregator(slots, mask, batch["window_time"].to(dev), ids_emb)  # [B, W, d]
         profile = None
         if self.profile is not None:
-            profile = self.profile(batch["profile_cat"].to(dev), batch["profile_num"].to(dev))  # [B, p]
+            profile = self.profile(
+                batch["profile_cat"].to(dev), self.to_model(batch["profile_num"])
+            )  # [B, p]
             profile = profile.unsqueeze(1).expand(-1, states.shape[1], -1)  # [B, W, p]
         return self.fusion(states, profile), attn
 
@@ -345,7 +429,7 @@ class SeqRecModel(nn.Module):
     def _loss(
         self, user_states: torch.Tensor, batch: Batch, live_feats: torch.Tensor | None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        head_cfg = self.cfg.model.head
+        head_cfg = self.spec.model.head
         targets = batch["target_items"].to(self.device)  # [B, W, P]
         valid = (targets >= 0) & batch["window_mask"].to(self.device).unsqueeze(-1)
         has_target = valid.any(dim=-1)  # [B, W]
@@ -353,7 +437,7 @@ class SeqRecModel(nn.Module):
         if users.shape[0] == 0:
             return user_states.sum() * 0.0, {"loss_ce": 0.0}
         pos, pos_valid = targets[has_target], valid[has_target]  # [S, P]
-        weights = batch["target_weights"].to(self.device)[has_target].float() * pos_valid
+        weights = batch["target_weights"].to(self.device, torch.float32)[has_target] * pos_valid  # loss: fp32
         pos_ids = pos.clamp(min=0)
         live_idx = batch["item_live_idx"].to(self.device) if live_feats is not None else None
 
@@ -365,9 +449,11 @@ class SeqRecModel(nn.Module):
             pos_vectors = items[pos_ids]  # [S, P, D]
         else:
             in_batch = torch.unique(pos[pos_valid])  # sorted distinct positives
-            candidates = torch.cat([in_batch, sample_negatives(self.item_log_prior, head_cfg.num_negatives)])
+            log_prior = self.item_log_prior.float()  # a module cast to bf16 casts buffers too
+            candidates = torch.cat([in_batch, sample_negatives(log_prior, head_cfg.num_negatives)])
             items = self._item_vectors(candidates, live_idx, live_feats)  # [C, D]
-            logits = self.head.logits(users, items) - self.item_log_prior[candidates]  # log-Q correction
+            # log-Q correction, in float32 like the loss it feeds
+            logits = self.head.logits(users, items).float() - log_prior[candidates]
             column = torch.searchsorted(in_batch, pos_ids).clamp(
                 max=len(in_batch) - 1
             )  # positive -> its column
@@ -378,7 +464,7 @@ class SeqRecModel(nn.Module):
         parts = {"loss_ce": float(loss.detach())}
         if self.head.pointwise is not None:
             k = head_cfg.pointwise_negatives
-            neg_ids = sample_negatives(self.item_log_prior, users.shape[0] * k)
+            neg_ids = sample_negatives(self.item_log_prior.float(), users.shape[0] * k)
             neg_vectors = self._item_vectors(neg_ids, live_idx, live_feats).view(users.shape[0], k, -1)
             bce = pointwise_bce(
                 self.head.pointwise(users, pos_vectors), weights, self.head.pointwise(users, neg_vectors)
@@ -428,7 +514,7 @@ class SeqRecModel(nn.Module):
         if self.encoder is None or not self.encoder.trainable() or not self.item_tower.uses_text:
             return
         self._cache_fresh = False
-        every = self.cfg.model.items.cache_refresh_steps
+        every = self.spec.model.items.cache_refresh_steps
         if every > 0 and step % every == 0 and self._item_tokens is not None:
             self.build_item_cache()
 

@@ -31,5 +31,5 @@ class ProfileEncoder(nn.Module):
         """profile_cat [B, C] long, profile_num [B, F] float -> [B, profile.dim]."""
         parts = [emb(profile_cat[:, j]) for j, emb in enumerate(self.cat)]
         if self.num is not None:
-            parts.append(self.num(profile_num.float()))
+            parts.append(self.num(profile_num))  # cast at the model boundary
         return self.out(torch.cat(parts, dim=-1))

@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from seqrec.config import ConfigError, RunConfig, TrainConfig
 
 if TYPE_CHECKING:
+    import torch
     import torch.distributed
     from accelerate.accelerator import Accelerator
 
@@ -50,14 +52,150 @@ def has_gpu() -> bool:
 
 
 def resolve_mixed_precision(setting: str) -> str:
-    """auto -> bf16 on a GPU that supports it, else no (fp32). Explicit bf16/fp16 need a GPU."""
+    """auto -> bf16 on a GPU that supports it, else no (fp32). fp16 needs a GPU; bf16 also runs on
+    CPU (torch autocast, or DeepSpeed's CPU accelerator: slow, but it tests the GPU path)."""
     import torch
 
     if setting == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if setting in ("bf16", "fp16") and not torch.cuda.is_available():
-        raise ConfigError(f"train.mixed_precision={setting} needs a GPU; use auto or no on CPU")
+    if setting == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use auto, no or bf16 on CPU")
     return setting
+
+
+def check_run_config(cfg: RunConfig, gpu: bool | None = None, deepspeed: bool = False) -> None:
+    """Settings this machine or this launch cannot honour, found before any process group starts
+    (one ConfigError naming the setting; the entry points turn it into exit code 2)."""
+    import importlib.util
+
+    gpu = has_gpu() if gpu is None else gpu
+    m, t = cfg.model, cfg.train
+    if t.mixed_precision == "fp16" and not gpu:
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; use auto, no or bf16 on CPU")
+    if t.pin_memory and not gpu:
+        raise ConfigError("train.pin_memory=true needs a GPU (pinned memory only speeds up copies to one)")
+    if t.num_workers is not None and t.num_workers < 0:
+        raise ConfigError(f"train.num_workers must be >= 0 or null (auto), got {t.num_workers}")
+    if t.model != "seqrec":
+        return
+    if m.adapter.method == "qlora" and not gpu:
+        raise ConfigError(
+            "model.adapter.method=qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); use method=lora on CPU"
+        )
+    if m.adapter.method == "qlora" and importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError("model.adapter.method=qlora needs bitsandbytes: pip install bitsandbytes")
+    if m.backbone.attn_implementation == "flash_attention_2":
+        if not gpu:
+            raise ConfigError(
+                "model.backbone.attn_implementation=flash_attention_2 needs a CUDA GPU; use auto or sdpa"
+            )
+        if m.adapter.method == "full" and not deepspeed:
+            raise ConfigError(
+                "model.backbone.attn_implementation=flash_attention_2 runs only in fp16/bf16, and full "
+                "fine-tuning without DeepSpeed keeps fp32 weights (the master copy); use DeepSpeed "
+                "(train.deepspeed) with bf16, or auto/sdpa"
+            )
+        if m.backbone.dtype == "float32" or (
+            m.backbone.dtype == "auto" and resolve_mixed_precision(t.mixed_precision) == "no"
+        ):
+            raise ConfigError(
+                "model.backbone.attn_implementation=flash_attention_2 runs only in fp16/bf16; set "
+                "train.mixed_precision=bf16 (or model.backbone.dtype=bfloat16), or use auto/sdpa"
+            )
+        from seqrec.modeling.backbone import flash_attn_installed
+
+        if not flash_attn_installed():
+            raise ConfigError(
+                "model.backbone.attn_implementation=flash_attention_2 but flash_attn does not import "
+                "(pip install flash-attn); use auto or sdpa"
+            )
+
+
+def loader_settings(train: TrainConfig, device_type: str) -> tuple[int, bool]:
+    """(num_workers, pin_memory) of the training DataLoader: the config's values, or auto:
+    4 workers (at most the CPUs per local process) and pinned memory on a GPU, 0 / off on CPU."""
+    on_gpu = device_type == "cuda"
+    workers = train.num_workers
+    if workers is None:
+        per_process = (os.cpu_count() or 1) // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+        workers = min(4, max(per_process - 1, 0)) if on_gpu else 0
+    pin = on_gpu if train.pin_memory is None else train.pin_memory
+    return workers, pin
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Compute dtype and device of a run: decided HERE, once, from the accelerate/DeepSpeed state.
+
+    dtype: what the model's parameters are in while training (DeepSpeed bf16/fp16 casts the whole
+        module to it and keeps fp32 master weights in its optimizer; without DeepSpeed parameters
+        stay fp32 and accelerate's autocast runs the matmuls in bf16/fp16);
+    backbone_dtype: what the backbone is loaded in (see :func:`compute_precision`);
+    device: where batches and the model live.
+    The model casts every float tensor entering it to its own parameters' dtype/device.
+    """
+
+    dtype: torch.dtype
+    backbone_dtype: torch.dtype
+    device: torch.device
+    mixed_precision: str  # no | bf16 | fp16
+    deepspeed_stage: int | None
+
+
+def compute_precision(accelerator: Accelerator, cfg: RunConfig) -> Precision:
+    """The run's :class:`Precision`.
+
+    Backbone dtype: an explicit ``model.backbone.dtype`` is kept, except that full fine-tuning
+    without DeepSpeed always loads fp32 weights (they ARE the master weights; autocast computes in
+    bf16). ``auto``: DeepSpeed with bf16/fp16 -> that dtype (DeepSpeed casts to it anyway; loading
+    in it avoids an fp32 copy, and under ZeRO-3 zero.Init partitions it while it loads);
+    otherwise the mixed-precision dtype for a frozen / LoRA / DoRA / QLoRA base (its weights never
+    change; peft keeps the adapters in fp32) and fp32 for full fine-tuning or mixed_precision=no.
+    """
+    import torch
+
+    names = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": torch.float32}
+    mp = str(accelerator.mixed_precision)
+    stage = None
+    if accelerator.distributed_type.value == "DEEPSPEED":
+        ds = accelerator.state.deepspeed_plugin.deepspeed_config
+        stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+        if ds.get("bf16", {}).get("enabled") is True:
+            mp = "bf16"
+        elif ds.get("fp16", {}).get("enabled") is True:
+            mp = "fp16"
+        else:
+            mp = "no"
+    mp_dtype = names.get(mp, torch.float32)
+    dtype = mp_dtype if stage is not None else torch.float32
+    method, wanted = cfg.model.adapter.method, cfg.model.backbone.dtype
+    if method == "full" and stage is None:
+        backbone = torch.float32
+        if wanted not in ("auto", "float32"):
+            log.info(
+                "full fine-tuning without DeepSpeed: backbone loaded in fp32 (master weights), "
+                "model.backbone.dtype=%s ignored; %s autocast does the compute",
+                wanted,
+                mp,
+            )
+    elif wanted != "auto":
+        from seqrec.modeling.backbone import resolve_dtype
+
+        backbone = resolve_dtype(wanted)
+    elif stage is not None:
+        backbone = mp_dtype
+    else:
+        backbone = torch.float32 if method == "full" else mp_dtype
+    precision = Precision(dtype, backbone, accelerator.device, mp, stage)
+    log.info(
+        "precision: %s (parameters %s, backbone loaded in %s, %s) on %s",
+        mp,
+        str(dtype).removeprefix("torch."),
+        str(backbone).removeprefix("torch."),
+        f"DeepSpeed ZeRO-{stage}" if stage is not None else "no DeepSpeed",
+        accelerator.device,
+    )
+    return precision
 
 
 def deepspeed_config_path(train: TrainConfig) -> Path | None:
@@ -86,7 +224,9 @@ def deepspeed_config_path(train: TrainConfig) -> Path | None:
     return path
 
 
-def load_deepspeed_config(path: Path, train: TrainConfig) -> dict[str, Any]:
+def load_deepspeed_config(
+    path: Path, train: TrainConfig, mixed_precision: str | None = None, adapter_method: str | None = None
+) -> dict[str, Any]:
     """Read a DeepSpeed JSON and resolve the run-dependent keys against `train`.
 
     "auto" (or absent) micro batch size, accumulation steps and gradient clipping take
@@ -113,6 +253,23 @@ def load_deepspeed_config(path: Path, train: TrainConfig) -> dict[str, Any]:
                 f"{path}: {key}={value} but {name}={getattr(train, attr)}; they must agree "
                 f'(or write "auto" in the JSON to take {name})'
             )
+    if mixed_precision is not None:
+        for key, mp in (("bf16", "bf16"), ("fp16", "fp16")):
+            section = ds.get(key)
+            enabled = section.get("enabled", "auto") if isinstance(section, dict) else "auto"
+            if enabled == "auto":
+                continue
+            if bool(enabled) != (mixed_precision == mp):
+                raise ConfigError(
+                    f"{path}: {key}.enabled={str(enabled).lower()} but train.mixed_precision resolves to "
+                    f'{mixed_precision}; they must agree (or write "auto" in the JSON)'
+                )
+    if adapter_method == "qlora" and zero["stage"] == 3:
+        raise ConfigError(
+            f"{path}: model.adapter.method=qlora cannot run under ZeRO-3 (4-bit weights are placed "
+            "with a device_map, which zero.Init partitioning conflicts with); use ZeRO-0/1/2 "
+            "(ds_configs/zero2.json) or DDP"
+        )
     if zero["stage"] == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
         # Without it accelerate cannot gather the sharded weights and the saved model is empty.
         raise ConfigError(
@@ -188,10 +345,18 @@ def make_accelerator(cfg: RunConfig) -> Accelerator:
     if ds_path is not None:
         if not gpu:
             _skip_deepspeed_shm_build()
-        ds_config = load_deepspeed_config(ds_path, train)
+        ds_config = load_deepspeed_config(
+            ds_path,
+            train,
+            mixed_precision,
+            cfg.model.adapter.method if train.model == "seqrec" else None,
+        )
+        check_run_config(cfg, gpu, deepspeed=True)  # after the JSON's checks (QLoRA + ZeRO-3 names it)
         plugin = DeepSpeedPlugin(hf_ds_config=ds_config)
         log.info("DeepSpeed ZeRO-%s from %s", ds_config["zero_optimization"]["stage"], ds_path)
-
+    else:
+        check_run_config(cfg, gpu)
+    # Everything above runs before any process group exists: a bad setting is one line, exit 2.
     if plugin is not None and "LOCAL_RANK" not in os.environ:
         _single_process_env()  # accelerate initializes DeepSpeed's comm only under a launcher
     handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=train.find_unused_parameters)]

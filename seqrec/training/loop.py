@@ -50,7 +50,7 @@ from seqrec.training.checkpoint import (
     save_checkpoint,
     skip_frozen_parameters,
 )
-from seqrec.training.distributed import control_group, make_accelerator
+from seqrec.training.distributed import control_group, loader_settings, make_accelerator
 from seqrec.training.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNAL, STOP_TIME_BUDGET, StopFlag
 from seqrec.training.sampler import EpochShuffleSampler
 from seqrec.training.trackers import Progress, StepMeter, batch_size_of, init_trackers, peak_memory_mb
@@ -143,13 +143,14 @@ class Trainer:
 
         acc, tc = self.accelerator, self.tc
         self.sampler = EpochShuffleSampler(len(self.train_dataset), tc.seed)  # type: ignore[arg-type]
+        workers, pin = loader_settings(tc, acc.device.type)
         loader = DataLoader(
             self.train_dataset,
             batch_size=tc.batch_size,
             sampler=self.sampler,
             collate_fn=collate_fn,
-            num_workers=tc.num_workers,
-            pin_memory=acc.device.type == "cuda",
+            num_workers=workers,
+            pin_memory=pin,
             # Each new iterator draws a worker seed; from its own generator, not the global RNG,
             # so a resumed run (whose RNG state was restored) draws dropout masks unchanged.
             generator=torch.Generator().manual_seed(tc.seed),

@@ -12,9 +12,11 @@ still encode new windows when serving.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from seqrec.modeling import SeqRecModel
+    from seqrec.training.distributed import Precision
     from seqrec.training.run import TrainingSetup
 
 log = logging.getLogger(__name__)
@@ -45,13 +48,21 @@ log = logging.getLogger(__name__)
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 
 
-def load_encoder_model(cfg: RunConfig, data: PreparedData) -> SeqRecModel:
-    """A model with its backbone: from `train.init_from` (tuned adapters) or fresh from the config."""
+def load_encoder_model(cfg: RunConfig, data: PreparedData, precision: Precision | None = None) -> SeqRecModel:
+    """A model with its backbone: from `train.init_from` (tuned adapters) or fresh from the config,
+    in the precision's backbone dtype and on its device when given."""
     from seqrec.modeling import SeqRecModel
 
     if cfg.train.init_from:
-        return SeqRecModel.from_pretrained(cfg.train.init_from)
-    return SeqRecModel.from_data(cfg, data)
+        model = SeqRecModel.from_pretrained(cfg.train.init_from)
+    else:
+        dtype = precision.backbone_dtype if precision is not None else None
+        model = SeqRecModel.from_data(cfg, data, backbone_dtype=dtype)
+    if precision is not None:
+        if cfg.train.init_from and model.encoder is not None:
+            model.encoder.backbone.to(precision.backbone_dtype)  # from_pretrained used its own dtype
+        model.to(precision.device)
+    return model
 
 
 def _file_digest(path: Path) -> str:
@@ -73,14 +84,25 @@ def feature_manifest(cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
 
 
 def ensure_features(
-    cfg: RunConfig, data: PreparedData, accelerator: Accelerator | None = None
+    cfg: RunConfig,
+    data: PreparedData,
+    accelerator: Accelerator | None = None,
+    precision: Precision | None = None,
 ) -> FeatureStore:
-    """Load the feature folder if it matches this config, else build it (main process) once."""
+    """Load the feature folder if it matches this config, else build it once.
+
+    With several processes every rank loads the encoder (outside ZeRO-3's zero.Init: each rank
+    needs the whole frozen backbone for inference, and a partitioned load is a collective that one
+    rank alone would deadlock in), on its own device, and encodes its share of the windows and
+    items; rank 0 merges the shares (see seqrec.data.features.build_feature_store). Rank 0's view
+    of the folder decides for everyone whether to build.
+    """
     import json
 
     out = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
     manifest = feature_manifest(cfg, data)
-    main = accelerator is None or accelerator.is_main_process
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
 
     def matches() -> bool:
         f = out / "manifest.json"
@@ -89,9 +111,21 @@ def ensure_features(
         saved = json.loads(f.read_text(encoding="utf-8"))
         return all(saved.get(k) == v for k, v in json.loads(json.dumps(manifest, default=str)).items())
 
-    if main and not matches():
-        log.info("building the feature cache in %s (encoded once, reused by every head-stage run)", out)
-        model = load_encoder_model(cfg, data)
+    build = [not matches()]
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(build, from_process=0)
+    if build[0]:
+        if rank == 0:
+            log.info(
+                "building the feature cache in %s on %d process(es) (encoded once, reused by every "
+                "head-stage run)",
+                out,
+                world,
+            )
+        with _without_zero_init(accelerator):
+            model = load_encoder_model(cfg, data, precision)
         model.eval()
         renderer = make_renderer(data, cfg)
         windows = list(iter_windows(data, cfg, ["train", "valid", "test"]))
@@ -99,19 +133,41 @@ def ensure_features(
         def window_texts(ws: Any) -> list[str]:
             return [render_windows(data, renderer, u, (w,))[0] for u, w in ws]
 
-        build_feature_store(
-            out,
-            windows,
-            window_texts,
-            renderer.item_texts,
-            lambda texts: model.encode_texts(texts, "window"),
-            lambda texts: model.encode_texts(texts, "item"),
-            json.loads(json.dumps(manifest, default=str)),
-        )
+        assert model.encoder is not None
+        with model.encoder.local_only():  # each rank encodes its own share: no call-count sync
+            build_feature_store(
+                out,
+                windows,
+                window_texts,
+                renderer.item_texts,
+                lambda texts: model.encode_texts(texts, "window"),
+                lambda texts: model.encode_texts(texts, "item"),
+                json.loads(json.dumps(manifest, default=str)),
+                rank=rank,
+                world=world,
+                barrier=accelerator.wait_for_everyone if accelerator is not None else (lambda: None),
+            )
         del model
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
     return FeatureStore.load(out)
+
+
+@contextlib.contextmanager
+def _without_zero_init(accelerator: Accelerator | None) -> Iterator[None]:
+    """Load models whole on every rank, even under ZeRO-3. transformers partitions a model while it
+    loads (zero.Init, a collective) whenever a ZeRO-3 HfDeepSpeedConfig is registered, which
+    accelerate does for any stage-3 config whatever its zero3_init flag; unregister it here and
+    register the plugin's again afterwards."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None) if accelerator is not None else None
+    if plugin is None:
+        yield
+        return
+    from transformers.integrations import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        plugin.set_deepspeed_weakref()
 
 
 def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -> TrainingSetup:
@@ -119,26 +175,31 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     from seqrec.evaluation.evaluator import evaluate
     from seqrec.evaluation.protocols import make_protocol
     from seqrec.modeling import SeqRecModel
+    from seqrec.training.distributed import compute_precision
     from seqrec.training.run import TrainingSetup, validation_users
 
     tokens: TextTokens | None = None
     features: FeatureStore | None = None
     item_tokens: list[list[int]] | None = None
     pad_id = 0
+    precision = compute_precision(accelerator, cfg)  # the one place dtype and device are decided
     if cfg.train.stage == "head":
-        features = ensure_features(cfg, data, accelerator)
+        features = ensure_features(cfg, data, accelerator, precision)
         cfg.model.backbone.hidden_size = features.dim
-        model = SeqRecModel.from_data(cfg, data, load_backbone=False)
-        model.set_item_features(features.items)
+        model = SeqRecModel.from_data(cfg, data, load_backbone=False, item_features=features.items)
     else:
-        model = SeqRecModel.from_data(cfg, data)
+        model = SeqRecModel.from_data(cfg, data, backbone_dtype=precision.backbone_dtype)
         if cfg.train.init_from:
-            _load_weights(model, cfg.train.init_from)
+            _load_weights(model, cfg.train.init_from, accelerator)
         tokens = TextTokens.for_model(model.tokenizer, cfg, model.is_decoder)
         pad_id = int(model.tokenizer.pad_token_id or 0)
         if model.item_tower.uses_text:
+            # The catalogue's tokens need the backbone's tokenizer, so they are wired in here, by
+            # the training setup (the data layer only computes them).
             item_tokens = item_token_ids(data, cfg, tokens)
             model.set_item_tokens(item_tokens)
+    if precision.deepspeed_stage is not None:
+        _cast_unpartitioned_parameters(model, precision.dtype)
     train_ds = SeqRecDataset(data, cfg, "train", tokens=tokens, features=features)
     collate = SeqRecCollator(
         data, cfg, "train", features=features, item_tokens=item_tokens, pad_token_id=pad_id
@@ -183,10 +244,52 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     return TrainingSetup(model, train_ds, collate, evaluate_fn, save_fn, model.param_groups(cfg.train))
 
 
-def _load_weights(model: SeqRecModel, folder: str) -> None:
-    """Initialize `model` (adapter + head) from a saved SeqRecModel folder of the same shape."""
+def _cast_unpartitioned_parameters(model: SeqRecModel, dtype: Any) -> None:
+    """Every parameter not yet partitioned by ZeRO-3 to the run's compute dtype, as DeepSpeed does:
+    it casts a whole module to bf16/fp16 itself, EXCEPT when zero.Init already partitioned part of
+    it (the backbone), when it leaves all other parameters (head, LoRA adapters) in fp32, and
+    ZeRO-3's optimizer then refuses trainable parameters of mixed dtypes. Doing it here gives the
+    same dtypes under every stage. Buffers stay as they are (the item prior feeds the fp32 loss;
+    the model casts the item feature cache where it enters)."""
+    for p in model.parameters():
+        if p.is_floating_point() and not hasattr(p, "ds_id") and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+
+
+def _load_weights(model: SeqRecModel, folder: str, accelerator: Accelerator | None = None) -> None:
+    """Initialize `model` (adapter + head) from a saved SeqRecModel folder of the same shape.
+
+    The source is loaded whole on every rank (outside zero.Init). Under ZeRO-3 the target's
+    backbone is already partitioned: its entries are written through deepspeed's
+    GatheredParameters (a collective every rank joins; rank 0's values are kept), the rest
+    (head, adapters: not partitioned yet) directly."""
+    import torch
+
     from seqrec.modeling import SeqRecModel
 
-    src = SeqRecModel.from_pretrained(folder)
-    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-    log.info("initialized from %s (%d missing, %d unexpected keys)", folder, len(missing), len(unexpected))
+    with _without_zero_init(accelerator):
+        src = SeqRecModel.from_pretrained(folder)
+    state = src.state_dict()
+    params = dict(model.named_parameters())
+    partitioned = {k for k, p in params.items() if hasattr(p, "ds_id")}
+    missing, unexpected = model.load_state_dict(
+        {k: v for k, v in state.items() if k not in partitioned}, strict=False
+    )
+    # Frozen partitioned tensors are the same pretrained weights on both sides: only trainable
+    # ones (full fine-tuning) need the collective gather.
+    gather = [k for k in state if k in partitioned and params[k].requires_grad]
+    if gather:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters([params[k] for k in gather], modifier_rank=0):
+            if accelerator is None or accelerator.is_main_process:
+                with torch.no_grad():
+                    for k in gather:
+                        params[k].copy_(state[k].to(params[k].dtype))
+    log.info(
+        "initialized from %s (%d missing, %d unexpected keys; %d partitioned tensors gathered)",
+        folder,
+        len(set(missing) - partitioned),
+        len(unexpected),
+        len(gather),
+    )
