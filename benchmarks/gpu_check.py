@@ -360,8 +360,8 @@ def reload_check(case: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     the saved batches scored again and compared."""
     import torch
 
-    from seqrec.data.collate import eval_batches
     from seqrec.data.schema import PreparedData
+    from seqrec.evaluation.cli import attach_catalogue
     from seqrec.modeling import SeqRecModel
 
     saved = torch.load(Path(case["work"]) / "live_scores.pt", weights_only=False)
@@ -373,7 +373,7 @@ def reload_check(case: dict[str, Any], args: argparse.Namespace) -> dict[str, An
     backbone.to(dtype)  # the live backbone's dtype (bf16 under DeepSpeed bf16)
     model.to(device).eval()
     data = PreparedData.load(cfg.data_dir)
-    eval_batches(model, data, cfg, "valid", batch_size=16)  # gives it the catalogue's tokens
+    attach_catalogue(model, data, cfg)  # the catalogue's token ids (the data layer never sets them)
     diffs, scale, exact = [], [], True
     with torch.no_grad():
         for batch, want in saved["batches"]:
