@@ -686,8 +686,8 @@ def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, 
 # (dotted field, lowest allowed, highest allowed, lowest included): every number a run reads,
 # checked before any work starts so a typo fails in one line, not deep inside the loop.
 _RANGES: list[tuple[str, float, float, bool]] = [
-    ("train.lr", 0.0, float("inf"), False),
-    ("train.backbone_lr", 0.0, float("inf"), False),
+    ("train.lr", 0.0, float("inf"), True),  # 0 freezes: useful for checks
+    ("train.backbone_lr", 0.0, float("inf"), True),
     ("train.weight_decay", 0.0, float("inf"), True),
     ("train.warmup_ratio", 0.0, 1.0, True),
     ("train.max_grad_norm", 0.0, float("inf"), True),

@@ -102,7 +102,7 @@ def no_network(monkeypatch):
 @pytest.mark.parametrize(
     ("override", "needle"),
     [
-        ("train.lr=-1", "train.lr must be > 0, got -1"),
+        ("train.lr=-1", "train.lr must be >= 0, got -1"),
         ("train.warmup_ratio=1.5", "train.warmup_ratio must be >= 0 and <= 1"),
         ("train.keep_last=0", "train.keep_last must be >= 1"),
         ("model.aggregator.dropout=1.0", "dropout values must be < 1"),
