@@ -73,6 +73,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="Run config YAML (its data: section) or a bare data config YAML.")
     p.add_argument("--overwrite", action="store_true", help="Replace --out if it exists (after success).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_engine_arguments(p)
     p.add_argument(
         "overrides", nargs="*", help="Data config overrides, e.g. min_user_events=5 split=temporal."
     )
@@ -104,11 +105,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.set_defaults(handler=run_synth)
 
 
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=["pandas", "duckdb"], default="pandas",
+        help="pandas: in memory (fast for small logs); duckdb: out of core, bounded memory, same tables.",
+    )  # fmt: skip
+    p.add_argument("--memory-limit", default="4GB", help="duckdb engine: DuckDB's memory_limit.")
+    p.add_argument("--threads", type=int, default=0, help="duckdb engine: threads (0 = all cores).")
+    p.add_argument(
+        "--shards", type=int, default=1,
+        help="duckdb engine: write events/part-NNNNN.parquet partitioned by user hash (1 = events.parquet).",
+    )  # fmt: skip
+    p.add_argument("--spill-dir", help="duckdb engine: where DuckDB spills (default: inside the output).")
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    from seqrec.data.engine_duckdb import EngineOptions
+
+    if args.engine != "duckdb" and (args.shards != 1 or args.spill_dir):
+        raise ConfigError("--shards and --spill-dir need --engine duckdb")
+    if args.shards < 1:
+        raise ConfigError(f"--shards must be >= 1, got {args.shards}")
+    return EngineOptions(args.memory_limit, args.threads, args.shards, args.spill_dir)
+
+
 def run_prepare(args: argparse.Namespace) -> int:
     from seqrec.data.prepare import prepare, summary
 
     cfg = load_data_config(args.config, args.overrides, args.source, args.input)
-    report = prepare(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    report = prepare(
+        cfg, args.out, overwrite=args.overwrite, progress=not args.quiet, engine=args.engine,
+        options=engine_options(args),
+    )  # fmt: skip
     print(summary(report))
     print(f"wrote {args.out} (report: {Path(args.out) / 'report.md'})")
     return 0

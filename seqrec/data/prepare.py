@@ -309,10 +309,25 @@ def prepare_into(cfg: DataConfig, directory: Path, progress: bool = True) -> dic
 
 
 def prepare(
-    cfg: DataConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+    cfg: DataConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    engine: str = "pandas",
+    options: Any = None,
 ) -> dict[str, Any]:
-    """Prepare `cfg.source` into `out` atomically (nothing appears at `out` if any stage fails)."""
+    """Prepare `cfg.source` into `out` atomically (nothing appears at `out` if any stage fails).
+
+    `engine`: "pandas" (in memory) or "duckdb" (out of core, seqrec.data.engine_duckdb, with
+    `options` an EngineOptions); both write the same prepared tables.
+    """
     with atomic_directory(out, overwrite=overwrite) as tmp:
+        if engine == "duckdb":
+            from seqrec.data import engine_duckdb
+
+            return engine_duckdb.prepare_into(cfg, tmp, progress, options)
+        if engine != "pandas":
+            raise ValueError(f"unknown prepare engine {engine!r} (pandas or duckdb)")
         return prepare_into(cfg, tmp, progress)
 
 
