@@ -322,13 +322,20 @@ def prepare(
     `options` an EngineOptions); both write the same prepared tables.
     """
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        if engine == "duckdb":
-            from seqrec.data import engine_duckdb
+        return prepare_with(cfg, tmp, progress, engine, options)
 
-            return engine_duckdb.prepare_into(cfg, tmp, progress, options)
-        if engine != "pandas":
-            raise ValueError(f"unknown prepare engine {engine!r} (pandas or duckdb)")
-        return prepare_into(cfg, tmp, progress)
+
+def prepare_with(
+    cfg: DataConfig, directory: Path, progress: bool = True, engine: str = "pandas", options: Any = None
+) -> dict[str, Any]:
+    """prepare_into on the chosen engine (into an existing, normally temporary, directory)."""
+    if engine == "duckdb":
+        from seqrec.data import engine_duckdb
+
+        return engine_duckdb.prepare_into(cfg, directory, progress, options)
+    if engine != "pandas":
+        raise ValueError(f"unknown prepare engine {engine!r} (pandas or duckdb)")
+    return prepare_into(cfg, directory, progress)
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:
