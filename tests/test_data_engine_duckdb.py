@@ -236,3 +236,40 @@ def test_taobao_layout(tmp_path: Path) -> None:
 )
 def test_shared_data_same_bytes(tmp_path: Path, source: str, name: str) -> None:
     assert_same(tmp_path, both(tmp_path, source, shared_dataset(name), []))
+
+
+@pytest.mark.parametrize("unit", ["iso", "ms"])
+def test_timestamp_units_values_and_mapped_columns(tmp_path: Path, unit: str) -> None:
+    rng = np.random.default_rng(0)
+    n = 1500
+    secs = 1_600_000_000 + rng.integers(0, 10**7, n)
+    when = (
+        pd.to_datetime(secs, unit="s", utc=True).strftime("%Y-%m-%dT%H:%M:%S+00:00")
+        if unit == "iso"
+        else pd.Series(secs * 1000 + rng.integers(0, 1000, n)).astype(str)
+    )
+    frame = pd.DataFrame(
+        {
+            "uid": [f"u{x}" for x in rng.integers(0, 50, n)],
+            "iid": rng.integers(0, 90, n).astype(str),
+            "when": np.asarray(when, dtype=object),
+            "beh": rng.choice(["click", "buy", "view"], n),
+            "rating": rng.choice(["1", "2.5", "", " 4 "], n),
+        }
+    )
+    frame.loc[5, "when"] = "2020-13-45T00:00:00" if unit == "iso" else "12x"
+    frame.loc[9, "rating"] = "abc"
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    frame.to_csv(folder / "events.csv", index=False)
+    overrides = [
+        f"source.timestamp_unit={unit}", "source.columns.user_id=uid", "source.columns.item_id=iid",
+        "source.columns.timestamp=when", "source.columns.behavior=beh", "source.columns.value=rating",
+        "bad_rows=drop",
+    ]  # fmt: skip
+    reports = both(tmp_path, "generic", folder, overrides)
+    assert_same(tmp_path, reports)
+    assert reports["duckdb"]["dropped"] == {"bad_timestamp": 1, "bad_value": 1}
+    assert reports["duckdb"]["dropped_examples"]["bad_value"] == [
+        f"{folder / 'events.csv'}:11: column 'rating': value 'abc' is not a number"
+    ]
