@@ -273,3 +273,26 @@ def test_timestamp_units_values_and_mapped_columns(tmp_path: Path, unit: str) ->
     assert reports["duckdb"]["dropped_examples"]["bad_value"] == [
         f"{folder / 'events.csv'}:11: column 'rating': value 'abc' is not a number"
     ]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        HEADER + 'u1,"i2,200,view\n' + TAIL,  # unterminated quote
+        "",  # empty file
+        "user_id,item,timestamp,behavior\n" + TAIL,  # misnamed column (did you mean)
+        HEADER,  # a header without rows
+    ],
+)
+def test_file_level_errors_match(tmp_path: Path, body: str) -> None:
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    (folder / "events.csv").write_text(body, encoding="utf-8")
+    cfg = load_data_config(None, [], "generic", str(folder))
+    messages = []
+    for engine in ("pandas", "duckdb"):
+        with pytest.raises(DataError) as err:
+            prepare(cfg, tmp_path / engine, progress=False, engine=engine)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+    assert list(tmp_path.iterdir()) == [folder]
