@@ -361,6 +361,13 @@ class SASRecConfig:
     heads: int = _f(1, "Attention heads.")
     dropout: float = _f(0.2, "Dropout.")
     max_len: int = _f(50, "Most recent events kept.")
+    loss: Literal["auto", "full", "sampled"] = _f(
+        "auto",
+        "Full softmax cross-entropy over the catalogue, or sampled softmax against num_negatives "
+        "uniform negatives shared by the batch; auto: full up to sampled_above items, sampled above.",
+    )
+    num_negatives: int = _f(1024, "Sampled softmax: uniform negatives per batch (accidental hits masked).")
+    sampled_above: int = _f(100_000, "loss=auto: catalogues with more items than this use sampled softmax.")
 
 
 # --------------------------------------------------------------------------------------------
