@@ -1068,6 +1068,11 @@ def prepare_into(
 
     opts = options or EngineOptions()
     validate(cfg)
+    for name in ("cold_items",):  # options of the pandas path this engine does not implement yet
+        if getattr(cfg, name, 0):
+            from seqrec.config import ConfigError
+
+            raise ConfigError(f"data.{name} is not supported by --engine duckdb yet; use --engine pandas")
     start = time.perf_counter()
     stages = Stages(STAGES, progress)
     drops = DropLog()
