@@ -91,6 +91,7 @@ def bench_scale(n_events: int, work: Path, memory_limit: str, threads: int) -> d
         "peak_rss_mib": round(rss, 1),
         "stages_s": report["timings_s"],
         "memory_limit": memory_limit,
+        "command": "python benchmarks/bench_prepare.py " + shlex.join(sys.argv[1:]),
     }
     print(
         f"{n_events:>12,} events  wall {wall:8.1f} s  {row['events_per_s']:>9,} ev/s  peak RSS {rss:8.1f} MiB",
@@ -101,17 +102,19 @@ def bench_scale(n_events: int, work: Path, memory_limit: str, threads: int) -> d
 
 def scale_markdown(scale: dict[str, Any]) -> str:
     rows = scale["rows"]
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", scale["command"]) for r in rows))
     lines = [
         "",
         "## Out of core: `--engine duckdb` on Taobao-shaped logs",
         "",
-        f"Command: `{scale['command']}` ({scale['date']}); DuckDB {scale['duckdb']}, memory limit "
-        f"{rows[0]['memory_limit'] if rows else '?'}, spilling to the output disk. Logs from `seqrec data synth "
-        "--events N --raw-only` (generated outside the timing); one run per size; wall time includes the "
-        "interpreter start; peak RSS is the prepare child's own maximum resident set size.",
+        f"Commands: {commands} "
+        f"(last run {scale['date']}); DuckDB {scale['duckdb']}, spilling to the output disk. Logs from "
+        "`seqrec data synth --events N --raw-only` (generated outside the timing); one run per size; wall time "
+        "includes the interpreter start; peak RSS is the prepare child's own maximum resident set size. The "
+        "machine (2 cores) was shared with other jobs during these runs, so times are pessimistic.",
         "",
-        "| events | CSV (MiB) | users | items | wall (s) | events/s | peak RSS (MiB) | read / order / filter / index / split / profile / write (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| events | CSV (MiB) | users | items | memory limit | wall (s) | events/s | peak RSS (MiB) | read / order / filter / index / split / profile / write (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         st = r["stages_s"]
@@ -119,7 +122,8 @@ def scale_markdown(scale: dict[str, Any]) -> str:
             f"{st.get(k, 0):.1f}" for k in ("read", "order", "filter", "index", "split", "profile", "write")
         )
         lines.append(
-            f"| {r['events']:,} | {r['csv_mib']:,.0f} | {r['users']:,} | {r['items']:,} | {r['wall_s']:,.1f} "
+            f"| {r['events']:,} | {r['csv_mib']:,.0f} | {r['users']:,} | {r['items']:,} | {r['memory_limit']} "
+            f"| {r['wall_s']:,.1f} "
             f"| {r['events_per_s']:,} | {r['peak_rss_mib']:,.0f} | {stages} |"
         )
     if len(rows) >= 2:
