@@ -319,8 +319,13 @@ class HeadConfig:
     dim: int = _f(128, "Width of user and item vectors.")
     temperature: float = _f(0.05, "Scores are user . item / temperature (both L2-normalized).")
     learn_temperature: bool = _f(False, "Learn the temperature.")
-    loss: Literal["full", "sampled"] = _f(
-        "full", "Softmax cross-entropy over the whole catalogue, or sampled softmax with log-Q correction."
+    loss: Literal["auto", "full", "sampled"] = _f(
+        "auto",
+        "Softmax cross-entropy over the whole catalogue, or sampled softmax with log-Q correction; "
+        "auto: full up to `sampled_above` catalogue items, sampled above.",
+    )
+    sampled_above: int = _f(
+        100_000, "loss=auto: catalogues with more items than this train with sampled softmax."
     )
     num_negatives: int = _f(256, "Sampled softmax: negatives per batch (shared), plus in-batch positives.")
     target: Literal["next_event", "next_window"] = _f(
@@ -359,6 +364,13 @@ class SASRecConfig:
     heads: int = _f(1, "Attention heads.")
     dropout: float = _f(0.2, "Dropout.")
     max_len: int = _f(50, "Most recent events kept.")
+    loss: Literal["auto", "full", "sampled"] = _f(
+        "auto",
+        "Full softmax cross-entropy over the catalogue, or sampled softmax against num_negatives "
+        "uniform negatives shared by the batch; auto: full up to sampled_above items, sampled above.",
+    )
+    num_negatives: int = _f(1024, "Sampled softmax: uniform negatives per batch (accidental hits masked).")
+    sampled_above: int = _f(100_000, "loss=auto: catalogues with more items than this use sampled softmax.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,6 +461,12 @@ class EvalConfig:
         "(so every model is scored against the same negatives).",
     )
     candidates_file: str | None = _f(None, "Candidates protocol: JSONL with user_id, target, candidates.")
+    sample_users: int = _f(
+        0,
+        "Evaluate a fixed random sample of this many users with a target (0 = all); the sample is "
+        "drawn once with sample_seed and saved beside the data (like sampled negatives).",
+    )
+    sample_seed: int = _f(2024, "Seed of the evaluation user sample.")
     batch_size: int = _f(64, "Users per evaluation batch.")
     per_user: bool = _f(False, "Also write per-user results.")
     per_user_format: Literal["csv", "parquet"] = _f("csv", "File format of the per-user results.")
@@ -649,6 +667,8 @@ def validate(cfg: Any) -> None:
             raise ConfigError(f"window.max_windows must be >= 1, got {w.max_windows}")
         if m.aggregator.d_model % m.aggregator.heads:
             raise ConfigError("model.aggregator.d_model must be divisible by model.aggregator.heads")
+        if m.head.sampled_above < 1:
+            raise ConfigError(f"model.head.sampled_above must be >= 1, got {m.head.sampled_above}")
         if m.head.temperature <= 0:
             raise ConfigError("model.head.temperature must be > 0")
         if t.batch_size < 1 or t.grad_accum < 1:
@@ -657,6 +677,8 @@ def validate(cfg: Any) -> None:
             raise ConfigError("train.train_cut=random needs the joint stage (cached features are fixed)")
         if any(k < 1 for k in cfg.eval.ks):
             raise ConfigError(f"eval.ks must be positive, got {cfg.eval.ks}")
+        if cfg.eval.sample_users < 0:
+            raise ConfigError(f"eval.sample_users must be >= 0 (0 = all users), got {cfg.eval.sample_users}")
         if cfg.eval.protocol == "candidates" and not cfg.eval.candidates_file:
             raise ConfigError("eval.protocol=candidates needs eval.candidates_file")
     elif isinstance(cfg, DataConfig):

@@ -60,6 +60,10 @@ def test_overwrite_refuses_unrelated_folders_and_files(synth_dir, tmp_path, caps
     assert main(["data", "synth", "--out", str(project), "--users", "20", "--overwrite", "--quiet"]) == 2
     _one_line(capsys, "is not a seqrec prepared data set")
     assert sorted(p.name for p in project.iterdir()) == ["notes.txt"]
+    # synth at scale (--events) is guarded the same way, before it generates anything
+    assert main(["data", "synth", "--out", str(project), "--events", "500", "--overwrite", "--quiet"]) == 2
+    _one_line(capsys, "is not a seqrec prepared data set")
+    assert sorted(p.name for p in project.iterdir()) == ["notes.txt"]
 
 
 def test_overwrite_replaces_an_earlier_prepared_data_set(synth_dir, tmp_path, capsys):

@@ -1,5 +1,8 @@
 """SASRec (Kang & McAuley, 2018) trained with full softmax cross-entropy over the catalogue.
 
+Above ``sasrec.sampled_above`` catalogue items (``sasrec.loss=auto``) the full softmax's
+[positions, n_items] logits do not fit, and a sampled softmax against uniform negatives is used.
+
 The strong variant: the original paper's loss (binary cross-entropy against one sampled negative
 per position) under-trains SASRec badly; a softmax over every item (Klenitskiy & Vasilev, 2023;
 Petrov & Macdonald, 2023) is what a fair baseline uses.
@@ -27,6 +30,7 @@ from seqrec.baselines.folder import WEIGHTS_FILE, read_run_config, read_weights,
 from seqrec.config import RunConfig, SASRecConfig
 from seqrec.data.schema import atomic_directory
 from seqrec.errors import CheckpointError
+from seqrec.modeling.losses import resolve_loss
 
 
 @dataclass
@@ -133,9 +137,24 @@ class SASRec(nn.Module):
         table = self.embedding_table()  # [N + 1, D], input and output embeddings are shared
         hidden = self.encode(inputs, table)  # [B, T, D]
         has_target = targets > 0
+        if resolve_loss(self.cfg.loss, self.n_items, self.cfg.sampled_above) == "sampled":
+            loss = self.sampled_loss(hidden[has_target], targets[has_target], table)
+            return SASRecOutput(loss=loss, n_targets=has_target.sum())
         logits = hidden[has_target] @ table[1:].T  # [M, N], only positions with a target
         loss = F.cross_entropy(logits, targets[has_target] - 1)
         return SASRecOutput(loss=loss, n_targets=has_target.sum())
+
+    def sampled_loss(self, hidden: Tensor, targets: Tensor, table: Tensor) -> Tensor:
+        """Sampled softmax for large catalogues: each target against `num_negatives` items drawn
+        uniformly (shared by the batch; a negative equal to the target is masked). With a uniform
+        proposal the log-Q correction is the same constant for every candidate and cancels.
+        hidden [M, D], targets [M] (item_idx + 1), table [N + 1, D]."""
+        negatives = torch.randint(1, self.n_items + 1, (self.cfg.num_negatives,), device=hidden.device)  # [K]
+        pos = (hidden * table[targets]).sum(-1, keepdim=True)  # [M, 1]
+        neg = hidden @ table[negatives].T  # [M, K]
+        neg = neg.masked_fill(negatives.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)  # the target is column 0
+        return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
     @torch.no_grad()
     def score_batch(self, batch: dict[str, Tensor]) -> Tensor:

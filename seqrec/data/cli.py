@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="Run config YAML (its data: section) or a bare data config YAML.")
     p.add_argument("--overwrite", action="store_true", help="Replace --out if it exists (after success).")
     p.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_engine_arguments(p)
     p.add_argument(
         "overrides", nargs="*", help="Data config overrides, e.g. min_user_events=5 split=temporal."
     )
@@ -89,7 +92,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     y = dsub.add_parser("synth", help="Generate a synthetic e-commerce log and prepare it.")
     y.add_argument("--out", required=True, help="Directory to create (raw files go to OUT/raw).")
     y.add_argument("--users", type=int, default=500, help="Number of users.")
-    y.add_argument("--items", type=int, default=300, help="Number of items.")
+    y.add_argument(
+        "--items", type=int, default=None,
+        help="Number of items (default 300; with --events: one per 24 events, at most 4,162,024).",
+    )  # fmt: skip
+    y.add_argument(
+        "--events", type=int, default=None,
+        help="Taobao-shaped log of exactly N events at scale (OUT/raw/UserBehavior.csv, streamed to disk), "
+        "prepared with --engine (default duckdb); --users/--language/--funnel do not apply.",
+    )  # fmt: skip
+    y.add_argument("--raw-only", action="store_true", help="With --events: write the raw log only.")
     y.add_argument("--seed", type=int, default=0, help="Random seed (same seed, same files).")
     y.add_argument("--language", choices=["en", "zh"], default="en", help="Language of titles and profiles.")
     y.add_argument("--mean-events", type=float, default=20.0, help="Mean item visits per user.")
@@ -100,15 +112,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     y.add_argument("--config", help="Run or data config YAML for the prepare step (e.g. split: temporal).")
     y.add_argument("--overwrite", action="store_true", help="Replace --out if it exists.")
     y.add_argument("--quiet", action="store_true", help="No progress bar.")
+    add_engine_arguments(y)
     y.add_argument("overrides", nargs="*", help="Data config overrides for the prepare step.")
-    y.set_defaults(handler=run_synth)
+    y.set_defaults(handler=run_synth, engine=None)
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--engine", choices=["pandas", "duckdb"], default=None,
+        help="pandas (default): in memory, fast for small logs; duckdb: out of core, bounded memory, "
+        "same tables (the default of synth --events).",
+    )  # fmt: skip
+    p.add_argument("--memory-limit", default="4GB", help="duckdb engine: DuckDB's memory_limit.")
+    p.add_argument("--threads", type=int, default=0, help="duckdb engine: threads (0 = all cores).")
+    p.add_argument(
+        "--shards", type=int, default=1,
+        help="duckdb engine: write events/part-NNNNN.parquet partitioned by user hash (1 = events.parquet).",
+    )  # fmt: skip
+    p.add_argument("--spill-dir", help="duckdb engine: where DuckDB spills (default: inside the output).")
+
+
+def engine_options(args: argparse.Namespace) -> Any:
+    from seqrec.data.engine_duckdb import EngineOptions
+
+    if args.engine != "duckdb" and (args.shards != 1 or args.spill_dir):
+        raise ConfigError("--shards and --spill-dir need --engine duckdb")
+    if args.shards < 1:
+        raise ConfigError(f"--shards must be >= 1, got {args.shards}")
+    return EngineOptions(args.memory_limit, args.threads, args.shards, args.spill_dir)
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     from seqrec.data.prepare import prepare, summary
 
     cfg = load_data_config(args.config, args.overrides, args.source, args.input)
-    report = prepare(cfg, args.out, overwrite=args.overwrite, progress=not args.quiet)
+    report = prepare(
+        cfg, args.out, overwrite=args.overwrite, progress=not args.quiet, engine=args.engine or "pandas",
+        options=engine_options(args),
+    )  # fmt: skip
     print(summary(report))
     print(f"wrote {args.out} (report: {Path(args.out) / 'report.md'})")
     return 0
@@ -118,9 +159,13 @@ def run_synth(args: argparse.Namespace) -> int:
     from seqrec.data.prepare import summary
     from seqrec.data.synth import SynthConfig, synth
 
+    if args.events is not None:
+        return run_synth_events(args)
+    if args.raw_only or args.engine is not None or args.shards != 1:
+        raise ConfigError("--raw-only, --engine and --shards apply to synth --events only")
     base = load_data_config(args.config, args.overrides) if (args.config or args.overrides) else None
     cfg = SynthConfig(
-        n_users=args.users, n_items=args.items, seed=args.seed, language=args.language,
+        n_users=args.users, n_items=300 if args.items is None else args.items, seed=args.seed, language=args.language,
         mean_events=args.mean_events, funnel=args.funnel,
     )  # fmt: skip
     try:
@@ -131,6 +176,57 @@ def run_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"synth: {e}") from e
     print(summary(report))
     print(f"wrote {args.out} (raw files in {Path(args.out) / 'raw'}, report: {Path(args.out) / 'report.md'})")
+    return 0
+
+
+def run_synth_events(args: argparse.Namespace) -> int:
+    """synth --events N: the Taobao-shaped log at scale, then (unless --raw-only) prepare it."""
+    from seqrec.data.prepare import prepare_with, summary
+    from seqrec.data.schema import atomic_directory
+    from seqrec.data.synth_scale import FILE_NAME, ScaleConfig, generate_csv
+
+    if args.events < 1 or (args.items is not None and args.items < 1):
+        raise ConfigError("synth: --events and --items must be >= 1")
+    out = Path(args.out)
+    raw = out / "raw" / FILE_NAME
+    if args.raw_only:
+        if raw.exists() and not args.overwrite:
+            raise FileExistsError(f"{raw} already exists (pass --overwrite to replace it)")
+        info = generate_csv(raw, ScaleConfig(args.events, args.items, args.seed), progress=not args.quiet)
+        print(f"wrote {raw}: {info['events']:,} events, {info['users']:,} users, "
+              f"{info['items_catalogue']:,} catalogue items, {info['bytes'] / 2**20:,.0f} MiB in {info['seconds']} s")  # fmt: skip
+        return 0
+    if args.overwrite:  # as prepare: only an earlier prepared data set may be replaced
+        from seqrec.data.guard import check_replaceable
+
+        check_replaceable(out)
+    engine = args.engine or "duckdb"
+    if engine != "duckdb" and (args.shards != 1 or args.spill_dir):
+        raise ConfigError("--shards and --spill-dir need --engine duckdb")
+    cfg = load_data_config(args.config, args.overrides, "taobao", str(raw))
+    scratch = out.with_name(f".{out.name}.raw-{os.getpid()}")
+    try:
+        # The raw log goes to a scratch folder first; prepare writes OUT atomically, then the
+        # raw folder moves into it (a failure leaves neither behind).
+        info = generate_csv(
+            scratch / FILE_NAME, ScaleConfig(args.events, args.items, args.seed), not args.quiet
+        )
+        cfg.source.input = str(scratch / FILE_NAME)
+        with atomic_directory(out, overwrite=args.overwrite) as tmp:
+            report = prepare_with(cfg, tmp, not args.quiet, engine, engine_options(args))
+            (tmp / "raw").mkdir()
+            (scratch / FILE_NAME).rename(tmp / "raw" / FILE_NAME)
+            for name in ("report.json", "report.md", "meta.json", "data_config.yaml"):
+                path = tmp / name
+                path.write_text(
+                    path.read_text(encoding="utf-8").replace(str(scratch), str(raw.parent)), "utf-8"
+                )
+        report["input"] = str(raw)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"generated {info['events']:,} events in {info['seconds']} s")
+    print(summary(report))
+    print(f"wrote {out} (raw log in {raw}, report: {out / 'report.md'})")
     return 0
 
 

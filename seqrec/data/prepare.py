@@ -310,13 +310,35 @@ def prepare_into(cfg: DataConfig, directory: Path, progress: bool = True) -> dic
 
 
 def prepare(
-    cfg: DataConfig, out: str | Path, overwrite: bool = False, progress: bool = True
+    cfg: DataConfig,
+    out: str | Path,
+    overwrite: bool = False,
+    progress: bool = True,
+    engine: str = "pandas",
+    options: Any = None,
 ) -> dict[str, Any]:
-    """Prepare `cfg.source` into `out` atomically (nothing appears at `out` if any stage fails)."""
+    """Prepare `cfg.source` into `out` atomically (nothing appears at `out` if any stage fails).
+
+    `engine`: "pandas" (in memory) or "duckdb" (out of core, seqrec.data.engine_duckdb, with
+    `options` an EngineOptions); both write the same prepared tables.
+    """
     if overwrite:  # only ever replace an earlier prepared data set, never the input or other data
         check_replaceable(out, [cfg.source.input])
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        return prepare_into(cfg, tmp, progress)
+        return prepare_with(cfg, tmp, progress, engine, options)
+
+
+def prepare_with(
+    cfg: DataConfig, directory: Path, progress: bool = True, engine: str = "pandas", options: Any = None
+) -> dict[str, Any]:
+    """prepare_into on the chosen engine (into an existing, normally temporary, directory)."""
+    if engine == "duckdb":
+        from seqrec.data import engine_duckdb
+
+        return engine_duckdb.prepare_into(cfg, directory, progress, options)
+    if engine != "pandas":
+        raise ValueError(f"unknown prepare engine {engine!r} (pandas or duckdb)")
+    return prepare_into(cfg, directory, progress)
 
 
 def _table(rows: list[tuple[Any, ...]], header: tuple[str, ...]) -> list[str]:

@@ -177,7 +177,11 @@ class PreparedData:
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"prepared data directory not found: {path}")
-        missing = [f for f in REQUIRED_FILES if not (path / f).is_file()]
+        missing = [
+            f
+            for f in REQUIRED_FILES
+            if not (path / f).is_file() and not (f == EVENTS_FILE and (path / "shards.json").is_file())
+        ]
         if missing:
             raise DataError(
                 f"{path} is not a prepared data directory (missing {', '.join(missing)}); "
@@ -191,7 +195,7 @@ class PreparedData:
             )
         items = pd.read_parquet(path / ITEMS_FILE)
         users = pd.read_parquet(path / USERS_FILE)
-        events = pd.read_parquet(path / EVENTS_FILE)
+        events = read_events(path)
         spec = ProfileSpec()
         profiles = None
         if (path / PROFILE_SPEC_FILE).is_file():
@@ -244,6 +248,18 @@ class PreparedData:
             profile_num=profile_num,
             profile_spec=spec,
         )
+
+
+def read_events(path: Path) -> pd.DataFrame:
+    """events.parquet, or the user-hash shards ``events/part-*.parquet`` of ``prepare --shards N``
+    merged back into (user_idx, timestamp, row) order (a user's events are all in one shard)."""
+    if (path / EVENTS_FILE).is_file() or not (path / "shards.json").is_file():
+        return pd.read_parquet(path / EVENTS_FILE)
+    manifest = json.loads((path / "shards.json").read_text(encoding="utf-8"))
+    parts = [pd.read_parquet(path / p["file"]) for p in manifest["parts"]]
+    events = pd.concat(parts, ignore_index=True)
+    order = np.argsort(events["user_idx"].to_numpy(), kind="stable")
+    return events.iloc[order].reset_index(drop=True)
 
 
 def write_prepared(

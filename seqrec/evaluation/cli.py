@@ -137,13 +137,14 @@ def evaluate_checkpoint(
     from seqrec.evaluation.evaluator import evaluate
     from seqrec.evaluation.protocols import make_protocol
     from seqrec.evaluation.report import write_report
+    from seqrec.evaluation.user_sample import with_user_sample
 
     checkpoint = Path(checkpoint)
     cfg = cfg if cfg is not None else read_run_config(checkpoint)
     out = Path(out) if out is not None else checkpoint / f"eval-{split}"
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    protocol = make_protocol(cfg.eval, data, split, out_dir=out)
+    protocol = with_user_sample(make_protocol(cfg.eval, data, split, out_dir=out), cfg.eval, data, split, out)
     model, batches = load_model_and_batches(checkpoint, cfg, data, split, protocol.users())
     if isinstance(model, torch.nn.Module):
         model.to(device)

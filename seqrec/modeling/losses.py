@@ -76,3 +76,12 @@ def pointwise_bce(pos_logits: torch.Tensor, weights: torch.Tensor, neg_logits: t
         neg_logits.float(), torch.zeros_like(neg_logits, dtype=torch.float)
     )
     return 0.5 * (pos * weights).sum() / weights.sum().clamp(min=1e-12) + 0.5 * neg
+
+
+def resolve_loss(loss: str, n_items: int, sampled_above: int) -> str:
+    """model.head.loss with "auto" decided by the catalogue size: "full" up to `sampled_above`
+    items, "sampled" (sampled softmax with log-Q correction) above; the [S, n_items] logits of a
+    full softmax over millions of items do not fit in memory."""
+    if loss == "auto":
+        return "sampled" if n_items > sampled_above else "full"
+    return loss

@@ -58,6 +58,7 @@ from seqrec.modeling.losses import (
     pointwise_bce,
     positives_mask_candidates,
     positives_mask_full,
+    resolve_loss,
     sample_negatives,
 )
 from seqrec.modeling.profile import ProfileEncoder
@@ -441,7 +442,7 @@ class SeqRecModel(nn.Module):
         pos_ids = pos.clamp(min=0)
         live_idx = batch["item_live_idx"].to(self.device) if live_feats is not None else None
 
-        if head_cfg.loss == "full":
+        if resolve_loss(head_cfg.loss, self.n_items, head_cfg.sampled_above) == "full":
             items = self._item_vectors(torch.arange(self.n_items, device=self.device), live_idx, live_feats)
             logits = self.head.logits(users, items)  # [S, n_items]
             pos_logits = logits.gather(1, pos_ids)  # [S, P]

@@ -1,0 +1,114 @@
+"""Benchmark one SASRec training epoch on Taobao-shaped logs of N events: peak RSS and samples/s.
+
+For each size: ``seqrec data synth --events N --raw-only`` and ``seqrec data prepare --engine
+duckdb`` (outside the timing), then ``seqrec train --model sasrec train.epochs=1`` in a child
+process (sampled softmax: the catalogue is above sasrec.sampled_above for the larger sizes;
+validation on ``--eval-users`` users), whose peak RSS (os.wait4) and logged samples/s are
+recorded; everything generated is deleted afterwards. Results: benchmarks/results/train_scale.{json,md}.
+
+    .venv/bin/python benchmarks/bench_train_scale.py --events 1000000 10000000 --work /big/disk
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import shutil
+import statistics
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_prepare import ROOT, machine, run_child
+
+
+def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    folder = work / f"train-{n_events}"
+    shutil.rmtree(folder, ignore_errors=True)
+    seqrec = [sys.executable, "-m", "seqrec.cli"]
+    run_child(
+        [*seqrec, "data", "synth", "--out", str(folder), "--events", str(n_events), "--raw-only", "--quiet"]
+    )
+    raw = folder / "raw" / "UserBehavior.csv"
+    data = folder / "prepared"
+    run_child([*seqrec, "data", "prepare", "--source", "taobao", "--input", str(raw), "--out", str(data),
+               "--engine", "duckdb", "--quiet"])  # fmt: skip
+    raw.unlink()
+    report = json.loads((data / "report.json").read_text())
+    cmd = [
+        *seqrec, "train", "--model", "sasrec", "--data", str(data), "--output", str(folder / "run"),
+        "train.epochs=1", f"train.batch_size={args.batch_size}", f"train.eval_max_users={args.eval_users}",
+        "train.tracker=none", "train.log_every=20", "train.num_workers=0",
+    ]  # fmt: skip
+    wall, rss, stderr = run_child(cmd)
+    rates = [float(x) for x in re.findall(r"([0-9.]+) samples/s", stderr)]
+    shutil.rmtree(folder, ignore_errors=True)
+    row = {
+        "events": n_events,
+        "users": report["users"],
+        "items": report["items"],
+        "train_users": report["split"]["users_with_train_events"],
+        "wall_s": round(wall, 1),
+        "samples_per_s_median": round(statistics.median(rates), 1) if rates else None,
+        "peak_rss_mib": round(rss, 1),
+        "batch_size": args.batch_size,
+        "eval_users": args.eval_users,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# One SASRec epoch on Taobao-shaped logs",
+        "",
+        f"Command: `{result['command']}` ({result['date']}); machine: {result['machine']['cpu']}, "
+        f"{result['machine']['cores']} cores (shared with other jobs, so times are noisy).",
+        "",
+        "`seqrec train --model sasrec train.epochs=1` in a child process (interpreter start, data loading, "
+        "the epoch and one validation included in *wall*); samples/s is the median of the training log's "
+        "figures; peak RSS is the child's maximum resident set size. Above 100,000 items SASRec uses its "
+        "sampled softmax (sasrec.loss=auto).",
+        "",
+        "| events | users | items | wall (s) | samples/s | peak RSS (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['wall_s']:,.1f} | "
+            f"{r['samples_per_s_median']} | {r['peak_rss_mib']:,.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    parser.add_argument("--work", default="/tmp", help="Folder for the generated data.")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = [bench(n, work, args) for n in sorted(args.events)]
+    result = {
+        "command": "python benchmarks/bench_train_scale.py " + shlex.join(sys.argv[1:]),
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": machine(),
+        "rows": rows,
+    }
+    out = Path(args.out)
+    (out / "train_scale.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out / "train_scale.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
