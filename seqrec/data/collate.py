@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqrec.config import RunConfig, to_dict
 from seqrec.data.batch import PAD, tokenize_texts
+from seqrec.data.causal_profiles import CausalProfiles
 from seqrec.data.examples import (
     UserInput,
     behavior_weight_table,
@@ -296,6 +297,8 @@ class SeqRecCollator:
         self.weights = behavior_weight_table(data.behaviors, cfg.model.head.behavior_weights)
         self.horizon = 1 if cfg.model.head.target == "next_event" else cfg.window.size
         self.bucket = cfg.model.encoder.bucket_by_length
+        causal = cfg.model.profile.as_of == "state" and data.profile_spec.source == "behavioural"
+        self.causal = CausalProfiles(data) if causal and cfg.model.profile.enabled else None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         inputs: list[UserInput] = [ex["input"] for ex in examples]
@@ -320,7 +323,7 @@ class SeqRecCollator:
             assert self.features is not None
             order = list(range(len(flat)))
             rows = [examples[bi]["feature_rows"][wi] for bi, wi in flat]
-            batch["window_features"] = self.features.windows[torch.as_tensor(rows, dtype=torch.long)]
+            batch["window_features"] = self.features.gather(rows)
         row_of = {flat[j]: r for r, j in enumerate(order)}
 
         window_index = torch.full((b, w_max), PAD, dtype=torch.long)
@@ -338,8 +341,19 @@ class SeqRecCollator:
         batch["window_items"] = window_items
 
         users = batch["user_idx"].numpy()
-        batch["profile_cat"] = torch.from_numpy(self.data.profile_cat[users].astype(np.int64))
-        batch["profile_num"] = torch.from_numpy(self.data.profile_num[users].astype(np.float32))
+        if self.causal is not None:
+            # Per state: the profile of the events before each window's end (seqrec/data/causal_profiles.py).
+            n_cat, n_num = self.data.profile_cat.shape[1], self.data.profile_num.shape[1]
+            cat = np.zeros((b, w_max, n_cat), dtype=np.int64)
+            num = np.zeros((b, w_max, n_num), dtype=np.float32)
+            for bi, inp in enumerate(inputs):
+                if inp.windows:
+                    ends = [w.end for w in inp.windows]
+                    cat[bi, : len(ends)], num[bi, : len(ends)] = self.causal.profile(inp.user_idx, ends)
+            batch["profile_cat"], batch["profile_num"] = torch.from_numpy(cat), torch.from_numpy(num)
+        else:
+            batch["profile_cat"] = torch.from_numpy(self.data.profile_cat[users].astype(np.int64))
+            batch["profile_num"] = torch.from_numpy(self.data.profile_num[users].astype(np.float32))
 
         if self.split == "train":
             self._add_targets(batch, inputs, w_max)

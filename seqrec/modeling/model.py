@@ -300,6 +300,7 @@ class SeqRecModel(nn.Module):
             raise ValueError(f"train_item_counts must have {self.n_items} entries, got {tuple(counts.shape)}")
         prior = (counts + 1.0) / (counts + 1.0).sum()
         self.item_log_prior = prior.log().to(self.device, torch.float32)
+        self.item_tower.set_seen(counts)
 
     # ---- users ---------------------------------------------------------------------------------
     def _user_states(self, batch: Batch, window_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -315,8 +316,13 @@ class SeqRecModel(nn.Module):
         states, attn = self.aggregator(slots, mask, batch["window_time"].to(dev), ids_emb)  # [B, W, d]
         profile = None
         if self.profile is not None:
-            profile = self.profile(batch["profile_cat"].to(dev), batch["profile_num"].to(dev))  # [B, p]
-            profile = profile.unsqueeze(1).expand(-1, states.shape[1], -1)  # [B, W, p]
+            cat, num = batch["profile_cat"].to(dev), batch["profile_num"].to(dev)
+            if cat.dim() == 3:  # causal: one profile per state [B, W, C] (data/causal_profiles.py)
+                b, w = cat.shape[:2]
+                profile = self.profile(cat.flatten(0, 1), num.flatten(0, 1)).view(b, w, -1)  # [B, W, p]
+            else:
+                profile = self.profile(cat, num)  # [B, p]
+                profile = profile.unsqueeze(1).expand(-1, states.shape[1], -1)  # [B, W, p]
         return self.fusion(states, profile), attn
 
     @staticmethod

@@ -71,6 +71,12 @@ def feature_manifest(cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     }
 
 
+def _encoded_alike(cfg: RunConfig) -> bool:
+    """Windows and items go through the same prefix and token limit: their texts can be pooled."""
+    enc, text = cfg.model.encoder, cfg.text
+    return enc.window_prefix == enc.item_prefix and text.max_window_tokens == text.max_item_tokens
+
+
 def ensure_features(
     cfg: RunConfig, data: PreparedData, accelerator: Accelerator | None = None
 ) -> FeatureStore:
@@ -106,6 +112,7 @@ def ensure_features(
             lambda texts: model.encode_texts(texts, "window"),
             lambda texts: model.encode_texts(texts, "item"),
             json.loads(json.dumps(manifest, default=str)),
+            shared=_encoded_alike(cfg),
         )
         del model
     if accelerator is not None:
@@ -129,6 +136,11 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
         cfg.model.backbone.hidden_size = features.dim
         model = SeqRecModel.from_data(cfg, data, load_backbone=False)
         model.set_item_features(features.items)
+        if cfg.model.items.id_init == "text_pca" and model.item_tower.ids is not None:
+            from seqrec.modeling.text_init import init_ids_from_text
+
+            init_ids_from_text(model.item_tower.ids, features.items)
+            log.info("ID embeddings initialised from the PCA of the item text features")
     else:
         model = SeqRecModel.from_data(cfg, data)
         if cfg.train.init_from:
