@@ -91,7 +91,9 @@ def member_dirs(cfg: RunConfig) -> list[tuple[Path, Path]]:
     if len(cfg.ensemble.members) != 2:
         raise ConfigError(f"ensemble.members must name 2 run configs, got {cfg.ensemble.members}")
     out = Path(cfg.train.output_dir)
-    return [(Path(m), out.parent / Path(m).stem) for m in cfg.ensemble.members]
+    repo = Path(__file__).resolve().parents[2]  # relative member paths: cwd, else the repository root
+    paths = [Path(m) if Path(m).is_file() or Path(m).is_absolute() else repo / m for m in cfg.ensemble.members]
+    return [(p, out.parent / p.stem) for p in paths]
 
 
 def load_members(
