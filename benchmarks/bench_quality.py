@@ -303,7 +303,7 @@ def main() -> int:
     p.add_argument("--models", nargs="+", help="Subset of the suite's models (default: all).")
     p.add_argument("--runs", default=str(ROOT / "runs" / "bench"), help="Working folder (data, models).")
     p.add_argument("--no-plot", action="store_true", help="Skip the validation-curve figure.")
-    p.add_argument("--shared", default=str(SHARED), help="Folder of the shared data sets.")
+    p.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"), help="Shared data sets.")
     args = p.parse_args()
     runs = Path(args.runs)
     global SHARED
