@@ -57,7 +57,8 @@ class LateFusion:
         for model, sub, w in zip(self.members, batch["members"], self.weights):
             if w == 0.0:
                 continue
-            dev = next(iter(model.parameters())).device if isinstance(model, torch.nn.Module) else None
+            tensors = [*model.parameters(), *model.buffers()] if isinstance(model, torch.nn.Module) else []
+            dev = tensors[0].device if tensors else None
             if dev is not None:
                 sub = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in sub.items()}
             s = model.score_batch(sub).float().cpu()
@@ -92,7 +93,9 @@ def member_dirs(cfg: RunConfig) -> list[tuple[Path, Path]]:
         raise ConfigError(f"ensemble.members must name 2 run configs, got {cfg.ensemble.members}")
     out = Path(cfg.train.output_dir)
     repo = Path(__file__).resolve().parents[2]  # relative member paths: cwd, else the repository root
-    paths = [Path(m) if Path(m).is_file() or Path(m).is_absolute() else repo / m for m in cfg.ensemble.members]
+    paths = [
+        Path(m) if Path(m).is_file() or Path(m).is_absolute() else repo / m for m in cfg.ensemble.members
+    ]
     return [(p, out.parent / p.stem) for p in paths]
 
 
