@@ -87,6 +87,31 @@ class ZippedBatches:
             yield {**subs[0], "members": list(subs)}
 
 
+def score_once(models: Sequence[Any], batches: ZippedBatches, normalize: str) -> list[dict[str, Any]]:
+    """Each batch with its members' (normalized) scores, computed once for a whole weight grid."""
+    out = []
+    LateFusion(models, [1.0] * len(models)).eval()  # dropout off in every member
+    with torch.no_grad():
+        for batch in batches:
+            scores = []
+            for i, model in enumerate(models):
+                s = LateFusion([model], [1.0], normalize).score_batch({"members": [batch["members"][i]]})
+                scores.append(s)
+            out.append({k: v for k, v in batch.items() if k != "members"} | {"member_scores": scores})
+    return out
+
+
+class _Cached:
+    """Weighted sum of the cached member scores of a batch (see score_once)."""
+
+    def __init__(self, weights: Sequence[float]):
+        self.weights = list(weights)
+
+    def score_batch(self, batch: dict[str, Any]) -> torch.Tensor:
+        parts = [w * s for w, s in zip(self.weights, batch["member_scores"]) if w != 0.0]
+        return torch.stack(parts).sum(dim=0)
+
+
 def member_dirs(cfg: RunConfig) -> list[tuple[Path, Path]]:
     """(member config YAML, member output folder) for each of ``ensemble.members``."""
     if len(cfg.ensemble.members) != 2:
@@ -147,13 +172,14 @@ def fit_late_fusion(cfg: RunConfig, data: PreparedData) -> Any:
     protocol = make_protocol(cfg.eval, data, "valid")
     users_arg = users if users is not None else protocol.users()
     models, batches = load_members(folders, data, "valid", users_arg)
+    cached = score_once(models, batches, cfg.ensemble.normalize)  # members scored once, not per weight
     metric = cfg.train.best_metric
     table: list[dict[str, Any]] = []
     for w in cfg.ensemble.weights:
         if not 0.0 <= w <= 1.0:
             raise ConfigError(f"ensemble.weights must lie in [0, 1], got {w}")
-        fused = LateFusion(models, [1.0 - w, w], cfg.ensemble.normalize)
-        metrics = evaluate(fused, batches, data, "valid", cfg.eval, protocol, progress=False).metrics
+        fused = _Cached([1.0 - w, w])
+        metrics = evaluate(fused, cached, data, "valid", cfg.eval, protocol, progress=False).metrics
         table.append({"weight": w, **metrics})
         log.info("ensemble: weight of %s = %.2f -> valid %s %.4f", folders[-1].parent.name, w, metric,
                  metrics.get(metric, float("nan")))  # fmt: skip
