@@ -219,6 +219,8 @@ def _slices(runs: list[dict]) -> dict:
                 "users": rows[0].get("users"),
                 **{m: statistics.fmean(r[m] for r in rows) for m in METRICS if m in rows[0]},
             }
+    if "warm" in out and "cold" in out:  # cold-start target: cold NDCG@10 >= 0.5 x warm NDCG@10
+        out["cold_over_warm_ndcg@10"] = out["cold"]["ndcg@10"] / max(out["warm"]["ndcg@10"], 1e-12)
     return out
 
 
@@ -258,10 +260,16 @@ def write_markdown(summary: dict, models: list[str], path: Path) -> None:
         lines += ["| model | slice | users | hr@10 | ndcg@10 |", "|---|---|---:|---:|---:|"]
         for name in models:
             for label, r in summary["slices"].get(name, {}).items():
+                if not isinstance(r, dict):
+                    continue
                 lines.append(
                     f"| {name} | {label} | {r.get('users')} | {r.get('hr@10', float('nan')):.4f} | "
                     f"{r.get('ndcg@10', float('nan')):.4f} |"
                 )
+    ratios = {n: summary["slices"].get(n, {}).get("cold_over_warm_ndcg@10") for n in models}
+    if any(v is not None for v in ratios.values()):
+        lines += ["", "Cold / warm NDCG@10 per model (target for seqrec: >= 0.5, and above popularity on cold): "
+                  + ", ".join(f"{n} {v:.2f}" for n, v in ratios.items() if v is not None) + "."]  # fmt: skip
     lines += ["", "Configs: " + ", ".join(f"{n}: `{summary['configs'][n]}`" for n in models)]
     lines += ["", "Per-model training commands (seed 0):", ""]
     lines += [f"- {name}: `{summary['per_model_commands'][name]}`" for name in models]
