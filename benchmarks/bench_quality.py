@@ -61,7 +61,12 @@ SUITES: dict[str, dict] = {
         "input": "amazon-beauty-2014",
         "prepare": ["cold_items=0.1", "cold_items_seed=0"],
         "results": "cold",
-        "models": {k: v for k, v in BEAUTY_MODELS.items() if k != "seqrec-fusion"},
+        "models": {
+            "popularity": "beauty-popularity",
+            "sasrec": "beauty-sasrec",
+            "seqrec-text": "beauty-cold-text",
+            "seqrec-hybrid": "beauty-cold-hybrid",
+        },
         "seqrec": "seqrec-hybrid",
     },
     "movielens": {

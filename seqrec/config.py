@@ -343,6 +343,11 @@ class HeadConfig:
         "full", "Softmax cross-entropy over the whole catalogue, or sampled softmax with log-Q correction."
     )
     num_negatives: int = _f(256, "Sampled softmax: negatives per batch (shared), plus in-batch positives.")
+    train_items: Literal["all", "seen"] = _f(
+        "all",
+        "Items the training softmax ranks against: all, or only items with training events (items "
+        "held out of training, e.g. data.cold_items, are then not even negatives, as in real cold start).",
+    )
     target: Literal["next_event", "next_window"] = _f(
         "next_window", "Each window state predicts the next event, or every event of the next window."
     )

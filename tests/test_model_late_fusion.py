@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -78,3 +80,28 @@ def test_cold_ids_zero_scores_unseen_items_from_text_alone() -> None:
     assert not torch.allclose(with_ids[0], text_only[0], atol=1e-3)
     assert "seen" in tower.state_dict()  # saved with the weights
     assert "seen" not in ItemTower(3, 4, ItemTowerConfig(mode="hybrid"), dim=4).state_dict()
+
+
+def test_train_items_seen_keeps_never_trained_items_out_of_the_softmax(tiny_data) -> None:
+    from seqrec.modeling import SeqRecModel
+    from tests.test_model_seqrec import _feature_batch
+    from tests.tiny_models import tiny_run_config
+
+    losses = {}
+    for mode in ("all", "seen"):
+        torch.manual_seed(0)
+        cfg = tiny_run_config("unused", **{"model.backbone.hidden_size": 12, "model.head.train_items": mode})
+        model = SeqRecModel.from_data(cfg, tiny_data, load_backbone=False)
+        model.set_item_features(nn.functional.normalize(torch.randn(tiny_data.n_items, 12), dim=-1))
+        counts = tiny_data.train_item_counts().copy()
+        unseen = int(counts.argmin())
+        model.set_item_prior(counts * (np.arange(len(counts)) != unseen))  # one item never trained
+        batch = _feature_batch(model, tiny_data, [0, 1, 2])
+        batch["target_items"] = batch["target_items"].masked_fill(batch["target_items"] == unseen, -1)
+        model.train()
+        loss = model(batch).loss
+        assert loss is not None
+        loss.backward()
+        losses[mode] = float(loss)
+        assert model.item_seen.tolist() == (np.arange(len(counts)) != unseen).tolist()
+    assert losses["seen"] < losses["all"]  # one negative fewer in every softmax

@@ -140,6 +140,7 @@ class SeqRecModel(nn.Module):
         self.register_buffer(
             "item_log_prior", torch.full((self.n_items,), -math.log(max(self.n_items, 1))), persistent=False
         )
+        self.register_buffer("item_seen", torch.ones(self.n_items, dtype=torch.bool), persistent=False)
         self._item_tokens: list[list[int]] | None = None
         self._cache_fresh = False
         self._eval_items: torch.Tensor | None = None
@@ -301,6 +302,7 @@ class SeqRecModel(nn.Module):
         prior = (counts + 1.0) / (counts + 1.0).sum()
         self.item_log_prior = prior.log().to(self.device, torch.float32)
         self.item_tower.set_seen(counts)
+        self.item_seen = (counts > 0).to(self.device)
 
     # ---- users ---------------------------------------------------------------------------------
     def _user_states(self, batch: Batch, window_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -366,6 +368,8 @@ class SeqRecModel(nn.Module):
         if head_cfg.loss == "full":
             items = self._item_vectors(torch.arange(self.n_items, device=self.device), live_idx, live_feats)
             logits = self.head.logits(users, items)  # [S, n_items]
+            if head_cfg.train_items == "seen":  # never-trained items are not even negatives
+                logits = logits.masked_fill(~self._seen_items(), float("-inf"))
             pos_logits = logits.gather(1, pos_ids)  # [S, P]
             mask = positives_mask_full(pos, pos_valid, self.n_items)
             pos_vectors = items[pos_ids]  # [S, P, D]
@@ -374,6 +378,8 @@ class SeqRecModel(nn.Module):
             candidates = torch.cat([in_batch, sample_negatives(self.item_log_prior, head_cfg.num_negatives)])
             items = self._item_vectors(candidates, live_idx, live_feats)  # [C, D]
             logits = self.head.logits(users, items) - self.item_log_prior[candidates]  # log-Q correction
+            if head_cfg.train_items == "seen":
+                logits = logits.masked_fill(~self._seen_items()[candidates], float("-inf"))
             column = torch.searchsorted(in_batch, pos_ids).clamp(
                 max=len(in_batch) - 1
             )  # positive -> its column
@@ -392,6 +398,10 @@ class SeqRecModel(nn.Module):
             loss = loss + head_cfg.pointwise_weight * bce
             parts["loss_pointwise"] = float(bce.detach())
         return loss, parts
+
+    def _seen_items(self) -> torch.Tensor:
+        """[n_items] bool: items with training events (all True until set_item_prior is called)."""
+        return self.item_seen
 
     # ---- scoring (evaluation, serving) -------------------------------------------------------
     def prepare_eval(self) -> None:
