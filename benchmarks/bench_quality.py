@@ -258,7 +258,17 @@ def write_markdown(summary: dict, models: list[str], path: Path) -> None:
         lines += [
             "",
             f"{t['row']} / SASRec-CE NDCG@10 = {t['seqrec_over_sasrec_ndcg@10']:.3f} "
-            f"(target {t['target']:.2f}: {'met' if t['met'] else 'NOT met'}).",
+            f"(target {t['target']:.2f}: {'met' if t['met'] else 'NOT met'}"
+            + (
+                f" on {len(summary['seeds'])} seed(s); the target asks for the mean of 3)."
+                if len(summary["seeds"]) < 3
+                else ")."
+            ),
+        ]
+    if any(SUITES[summary["suite"]]["models"].get(n, "").endswith("fusion") for n in models):
+        lines += [
+            "",
+            "A late-fusion row's train time is the weight selection only; its members' runs are their own rows.",
         ]
     if any(summary["slices"].get(n) for n in models):
         lines += ["", "Test slices by target item (cold = no training event):", ""]
