@@ -101,9 +101,16 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     rows = collect(Path(args.runs), args.seed)
-    warm = [r for r in rows if r["suite"] == "beauty" and r.get("valid_ndcg@10") is not None]
+    warm = [
+        r
+        for r in rows
+        if r["suite"] == "beauty" and "train_seconds" in r and r.get("valid_ndcg@10") is not None
+    ]
     best = max(warm, key=lambda r: r["valid_ndcg@10"]) if warm else None
     for r in rows:
+        if r.get("valid_ndcg@10") is not None and "train_seconds" not in r:  # no test result: stopped
+            r["status"] = f"unfinished (stopped after {r['epochs_validated']} epoch(s); resumes)"
+            continue
         if r["suite"] == "beauty" and r.get("valid_ndcg@10") is not None:
             r["status"] = "kept (best on validation)" if r is best else "dropped (lower validation NDCG@10)"
             if r["config"].endswith("beauty-sasrec.yaml"):
