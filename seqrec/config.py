@@ -144,6 +144,13 @@ class DataConfig:
     category_field: str | None = _f(
         None, "Item field holding the category, for behavioural profiles (auto: 'category' if present)."
     )
+    cold_items: float = _f(
+        0.0,
+        "Cold-start benchmark: this fraction of items (drawn with cold_items_seed) is removed from "
+        "training entirely: their events before each user's training end are dropped, so they can "
+        "only appear as validation/test targets or in evaluation inputs (0 = off).",
+    )
+    cold_items_seed: int = _f(0, "Seed of the cold item draw (data.cold_items).")
 
 
 # --------------------------------------------------------------------------------------------
@@ -286,6 +293,12 @@ class ProfileConfig:
     enabled: bool = _f(True, "Use profile features; switch off for the fusion ablation.")
     dim: int = _f(32, "Width of the profile vector.")
     cat_dim: int = _f(16, "Embedding width per categorical profile feature.")
+    as_of: Literal["state", "train_end"] = _f(
+        "state",
+        "Behavioural profiles: computed from the events before each state (causal, the same in "
+        "training and serving), or the stored profile of the whole training part for every state "
+        "(the old behaviour: early training states see their own future).",
+    )
 
 
 @dataclass
@@ -310,6 +323,16 @@ class ItemTowerConfig:
     id_dropout: float = _f(
         0.0, "Hybrid: probability of dropping an item's ID embedding in training (helps cold start)."
     )
+    id_init: Literal["random", "text_pca"] = _f(
+        "random",
+        "Initial ID embeddings: random N(0, 0.02), or text_pca: the PCA of the items' cached text "
+        "features to the ID width, scaled to the random init's norm (LLMInit; head stage only).",
+    )
+    cold_ids: Literal["keep", "zero"] = _f(
+        "keep",
+        "Items with no training event: keep their (never trained) ID embeddings, or zero them so "
+        "they score from text alone (hybrid).",
+    )
 
 
 @dataclass
@@ -328,6 +351,11 @@ class HeadConfig:
         100_000, "loss=auto: catalogues with more items than this train with sampled softmax."
     )
     num_negatives: int = _f(256, "Sampled softmax: negatives per batch (shared), plus in-batch positives.")
+    train_items: Literal["all", "seen"] = _f(
+        "all",
+        "Items the training softmax ranks against: all, or only items with training events (items "
+        "held out of training, e.g. data.cold_items, are then not even negatives, as in real cold start).",
+    )
     target: Literal["next_event", "next_window"] = _f(
         "next_window", "Each window state predicts the next event, or every event of the next window."
     )
@@ -382,7 +410,9 @@ class SASRecConfig:
 class TrainConfig:
     """The training loop (accelerate + DeepSpeed)."""
 
-    model: Literal["seqrec", "sasrec", "popularity"] = _f("seqrec", "What to train.")
+    model: Literal["seqrec", "sasrec", "popularity", "ensemble"] = _f(
+        "seqrec", "What to train (ensemble: late fusion of the runs in the ensemble section)."
+    )
     stage: Literal["joint", "head"] = _f(
         "joint",
         "joint: backbone adapters and head together; head: only aggregator, fusion and head, from "
@@ -477,6 +507,23 @@ class EvalConfig:
 
 
 @dataclass
+class EnsembleConfig:
+    """Late fusion (train.model=ensemble): per-user standardized scores of member runs, added with
+    a weight chosen on validation NDCG@10 (EnsRec-style)."""
+
+    members: list[str] = _f(
+        [], "Member run configs (YAML). Each trains into <output>/../<file stem> unless done there."
+    )
+    weights: list[float] = _f(
+        [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
+        "Grid for the weight of the LAST member (two members; the first gets 1 - w).",
+    )
+    normalize: Literal["zscore", "none"] = _f(
+        "zscore", "Standardize each member's scores per user over the catalogue before adding."
+    )
+
+
+@dataclass
 class RunConfig:
     """Everything a run needs. Saved, resolved, beside every checkpoint and report."""
 
@@ -488,6 +535,7 @@ class RunConfig:
     sasrec: SASRecConfig = field(default_factory=SASRecConfig, metadata={"help": "SASRec baseline."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "Training."})
     eval: EvalConfig = field(default_factory=EvalConfig, metadata={"help": "Evaluation."})
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig, metadata={"help": "Late fusion."})
 
 
 # --------------------------------------------------------------------------------------------
@@ -688,6 +736,8 @@ def validate(cfg: Any) -> None:
             raise ConfigError("data.min_user_events must be >= 1")
         if cfg.kcore < 0:
             raise ConfigError("data.kcore must be >= 0")
+        if not 0.0 <= cfg.cold_items < 1.0:
+            raise ConfigError(f"data.cold_items must lie in [0, 1), got {cfg.cold_items}")
 
 
 def field_help(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, str, str]]:

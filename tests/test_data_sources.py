@@ -171,6 +171,28 @@ def test_amazon_processed_layout(tmp_path: Path) -> None:
     assert t.items is not None and len(t.items) == 3
 
 
+def test_amazon_processed_layout_joins_category_paths(tmp_path: Path) -> None:
+    write(
+        tmp_path,
+        "interactions.csv",
+        "user_id,item_id,timestamp\nA1,B000000001,1318896000\nA1,B000000002,1318896000\n",
+    )
+    write(tmp_path, "items.csv", "item_id,title\nB000000001,Mascara\nB000000002,Gel\nB000000003,Cream\n")
+    write(
+        tmp_path,
+        "item_categories.csv",
+        "item_id,categories\r\nB000000001,Beauty > Makeup > Eyes\r\n"
+        'B000000002,"Beauty > Skin Care > Creams, Gels & Lotions"\r\nB000000009,Beauty > Other\r\n',
+    )
+    t = read_source(config("amazon", tmp_path), DropLog())
+    assert t.items is not None
+    cats = t.items.set_index("item_id")["category"]
+    # The root shared by every path ("Beauty") is dropped; an item without a row has no category.
+    assert cats["B000000001"] == "Makeup > Eyes"
+    assert cats["B000000002"] == "Skin Care > Creams, Gels & Lotions"
+    assert pd.isna(cats["B000000003"])
+
+
 @pytest.mark.parametrize("order", ["user,item", "item,user"])
 def test_amazon_ratings_csv_and_metadata(tmp_path: Path, order: str) -> None:
     rows = [

@@ -46,9 +46,8 @@ def _feature_batch(model: SeqRecModel, tiny_data, users, seed=0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     inputs = [make_input(tiny_data, u, split_end(tiny_data, u, "train"), model.cfg.window) for u in users]
     keys = [(inp.user_idx, w.start, w.end) for inp in inputs for w in inp.windows]
-    index = {k: r for r, k in enumerate(keys)}
-    feats = torch.nn.functional.normalize(torch.randn(len(index), model.feature_dim, generator=gen), dim=-1)
-    store = FeatureStore(feats, model.item_features.cpu(), index, {})
+    feats = torch.nn.functional.normalize(torch.randn(len(keys), model.feature_dim, generator=gen), dim=-1)
+    store = FeatureStore.from_keys(feats, model.item_features.cpu(), keys)
     collate = SeqRecCollator(tiny_data, model.cfg, "train", features=store)
     return collate([{"input": inp, "feature_rows": store.rows(inp.user_idx, inp.windows)} for inp in inputs])
 

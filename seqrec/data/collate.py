@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from seqrec.config import RunConfig, to_dict
 from seqrec.data.batch import PAD, tokenize_texts
+from seqrec.data.causal_profiles import CausalProfiles
 from seqrec.data.examples import (
     UserInput,
     behavior_weight_table,
@@ -319,6 +320,8 @@ class SeqRecCollator:
         self.weights = behavior_weight_table(data.behaviors, cfg.model.head.behavior_weights)
         self.horizon = 1 if cfg.model.head.target == "next_event" else cfg.window.size
         self.bucket = cfg.model.encoder.bucket_by_length
+        causal = cfg.model.profile.as_of == "state" and data.profile_spec.source == "behavioural"
+        self.causal = CausalProfiles(data) if causal and cfg.model.profile.enabled else None
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         inputs: list[UserInput] = [ex["input"] for ex in examples]
@@ -355,7 +358,7 @@ class SeqRecCollator:
             rows = np.fromiter(
                 itertools.chain.from_iterable(ex["feature_rows"] for ex in examples), dtype=np.int64, count=n
             )
-            batch["window_features"] = self.features.windows[torch.from_numpy(rows)]
+            batch["window_features"] = self.features.gather(rows)
         row_of = np.empty(n, dtype=np.int64)
         row_of[order] = np.arange(n)  # window j of the flat list sits at row row_of[j]
 
@@ -380,8 +383,19 @@ class SeqRecCollator:
         batch["window_items"] = torch.from_numpy(window_items)
 
         users = batch["user_idx"].numpy()
-        batch["profile_cat"] = torch.from_numpy(self.data.profile_cat[users].astype(np.int64))
-        batch["profile_num"] = torch.from_numpy(self.data.profile_num[users].astype(np.float32))
+        if self.causal is not None:
+            # Per state: the profile of the events before each window's end (seqrec/data/causal_profiles.py).
+            n_cat, n_num = self.data.profile_cat.shape[1], self.data.profile_num.shape[1]
+            cat = np.zeros((b, w_max, n_cat), dtype=np.int64)
+            num = np.zeros((b, w_max, n_num), dtype=np.float32)
+            for bi, inp in enumerate(inputs):
+                if counts[bi]:
+                    own_ends = ends[user_of == bi]  # this user's window ends, in slot order
+                    cat[bi, : counts[bi]], num[bi, : counts[bi]] = self.causal.profile(inp.user_idx, own_ends)
+            batch["profile_cat"], batch["profile_num"] = torch.from_numpy(cat), torch.from_numpy(num)
+        else:
+            batch["profile_cat"] = torch.from_numpy(self.data.profile_cat[users].astype(np.int64))
+            batch["profile_num"] = torch.from_numpy(self.data.profile_num[users].astype(np.float32))
 
         if self.split == "train":
             self._add_targets(batch, inputs, w_max, user_of, slot_of, ends)

@@ -33,7 +33,7 @@ from seqrec.data.render import detect_language
 from seqrec.data.schema import DataError, ProfileSpec, atomic_directory, write_prepared
 from seqrec.data.sources import read_source
 from seqrec.data.sources.tables import EVENT_REASONS, REASONS, DropLog, Tables, distinct, isin
-from seqrec.data.splits import SplitResult, make_splits
+from seqrec.data.splits import SplitResult, cold_item_draw, make_splits, training_events_of
 
 log = logging.getLogger(__name__)
 REPORT_JSON = "report.json"
@@ -102,6 +102,14 @@ def build(cfg: DataConfig, tables: Tables, drops: DropLog, stages: Stages) -> Pr
     times = events["timestamp"].to_numpy(np.int64)
     with stages.stage("split"):
         split = make_splits(cfg, times, beh_codes, names, offsets)
+        cold: np.ndarray | None = None
+        if cfg.cold_items > 0:
+            keep, cold = hold_out_cold_items(cfg, events, offsets, split, drops)
+            events, beh_codes = events.loc[keep].reset_index(drop=True), beh_codes[keep]
+            counts = np.bincount(events["user_idx"].to_numpy(), minlength=len(user_ids))
+            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+            times = events["timestamp"].to_numpy(np.int64)
+            split = make_splits(cfg, times, beh_codes, names, offsets)
     with stages.stage("profile"):
         profile_fields = user_profile_fields(tables, user_ids, drops)
         item_idx = events["item_idx"].to_numpy()
@@ -119,10 +127,27 @@ def build(cfg: DataConfig, tables: Tables, drops: DropLog, stages: Stages) -> Pr
         }
     )
     meta = make_meta(cfg, items, names, split.info, spec)
+    if cold is not None:
+        meta["cold_items"] = {"fraction": cfg.cold_items, "seed": cfg.cold_items_seed, "count": len(cold)}
     users = user_table(user_ids, split, profile_fields)
     prepared = Prepared(meta, items, users, out_events, profiles, spec)
     prepared.report = make_report(cfg, tables, drops, prepared, offsets)
     return prepared
+
+
+def hold_out_cold_items(
+    cfg: DataConfig, events: pd.DataFrame, offsets: np.ndarray, split: SplitResult, drops: DropLog
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keep mask [E], cold item indices): a seeded draw of data.cold_items of the items loses its
+    training events. Only events before a user's training end go, so every later event (validation
+    and test targets, and what precedes them) stays; the caller splits the kept events again, and
+    with leave-one-out the same last two events remain each user's targets."""
+    item_idx = events["item_idx"].to_numpy()
+    n_items = int(item_idx.max()) + 1 if len(item_idx) else 0
+    cold = cold_item_draw(n_items, cfg.cold_items, cfg.cold_items_seed)
+    gone = training_events_of(cold, item_idx, offsets, split.train_end)
+    drops.add("cold_items", int(gone.sum()))
+    return ~gone, cold
 
 
 def behavior_codes(

@@ -115,3 +115,19 @@ def make_splits(
         want = f" with behaviour in {cfg.target_behaviors}" if cfg.target_behaviors else ""
         raise DataError(f"no user has a test target{want} (split={cfg.split}); nothing to evaluate on")
     return result
+
+
+def cold_item_draw(n_items: int, fraction: float, seed: int) -> np.ndarray:
+    """Sorted item indices held out as cold: round(fraction * n_items), drawn with `seed`."""
+    k = round(fraction * n_items)
+    return np.sort(np.random.default_rng(seed).choice(n_items, size=k, replace=False)).astype(np.int64)
+
+
+def training_events_of(
+    items: np.ndarray, item_idx: np.ndarray, offsets: np.ndarray, train_end: np.ndarray
+) -> np.ndarray:
+    """[E] bool: events of `items` that lie in their user's training part (position < train_end)."""
+    pos = _positions(offsets)
+    counts = np.diff(offsets)
+    in_train = pos < np.repeat(train_end.astype(np.int64), counts)
+    return in_train & np.isin(item_idx, items)

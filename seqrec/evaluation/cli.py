@@ -89,6 +89,10 @@ def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, us
         model = SeqRecModel.from_pretrained(checkpoint, load_backbone=not use_features)
         batches = eval_batches(model, data, cfg, split, users=users, batch_size=cfg.eval.batch_size)
         attach_catalogue(model, data, cfg)
+    elif kind == "ensemble":
+        from seqrec.training.late_fusion import load_late_fusion
+
+        model, batches = load_late_fusion(checkpoint, data, split, users)
     else:
         raise CheckpointError(f"{checkpoint}: unknown train.model {kind!r}")
     n_items = getattr(model, "n_items", data.n_items)

@@ -4,7 +4,9 @@
   step's positives), so items never seen in training still get a vector from their text;
 * id: a learned embedding per item (no backbone needed);
 * hybrid: the sum of both. ``items.id_dropout`` drops an item's ID part in training, so the text
-  part alone must also rank well, which is what cold items rely on.
+  part alone must also rank well, which is what cold items rely on; ``items.cold_ids=zero`` zeroes
+  the ID part of items with no training event (their IDs were never trained), so they score from
+  text alone. ``items.id_init=text_pca`` starts the ID table from the items' text (text_init.py).
 
 Outputs are L2-normalized; scores are dot products divided by the temperature.
 """
@@ -26,10 +28,19 @@ class ItemTower(nn.Module):
         self.mode = cfg.mode
         self.id_dropout = cfg.id_dropout
         self.text_proj = nn.Linear(feature_dim, dim) if self.uses_text else None
+        self.cold_ids = cfg.cold_ids
         self.ids: nn.Embedding | None = None
+        # cold_ids=zero: 1 = the item has training events (set_seen, from the training counts);
+        # saved with the weights so a loaded model scores cold items the way training left them.
+        self.seen: torch.Tensor | None
+        self.register_buffer("seen", torch.ones(n_items) if self.cold_ids == "zero" else None)
         if self.uses_ids or need_ids:
             self.ids = nn.Embedding(n_items, dim)
             nn.init.normal_(self.ids.weight, std=0.02)
+
+    def set_seen(self, train_item_counts: torch.Tensor) -> None:
+        if self.seen is not None:
+            self.seen = (train_item_counts > 0).to(self.seen.device, self.seen.dtype)
 
     @property
     def uses_text(self) -> bool:
@@ -52,5 +63,7 @@ class ItemTower(nn.Module):
             if self.training and self.mode == "hybrid" and self.id_dropout > 0:
                 keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.id_dropout
                 ids = ids * keep.to(ids.dtype)
+            if self.mode == "hybrid" and self.seen is not None:
+                ids = ids * self.seen[item_idx].unsqueeze(-1).to(ids.dtype)
             parts.append(ids)
         return F.normalize(torch.stack(parts).sum(dim=0), dim=-1)

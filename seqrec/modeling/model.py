@@ -190,6 +190,7 @@ class SeqRecModel(nn.Module):
         self.register_buffer(
             "item_log_prior", torch.full((self.n_items,), -math.log(max(self.n_items, 1))), persistent=False
         )
+        self.register_buffer("item_seen", torch.ones(self.n_items, dtype=torch.bool), persistent=False)
         self._item_tokens: list[list[int]] | None = None
         self._cache_fresh = False
         self._eval_items: torch.Tensor | None = None
@@ -383,6 +384,8 @@ class SeqRecModel(nn.Module):
         prior = (counts + 1.0) / (counts + 1.0).sum()
         # float32 whatever the model's dtype: it only enters the (float32) loss; see _loss.
         self.item_log_prior = prior.log().to(self.device, torch.float32)
+        self.item_tower.set_seen(counts)
+        self.item_seen = (counts > 0).to(self.device)
 
     # ---- users ---------------------------------------------------------------------------------
     def _user_states(self, batch: Batch, window_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -398,10 +401,13 @@ class SeqRecModel(nn.Module):
         states, attn = self.aggregator(slots, mask, batch["window_time"].to(dev), ids_emb)  # [B, W, d]
         profile = None
         if self.profile is not None:
-            profile = self.profile(
-                batch["profile_cat"].to(dev), self.to_model(batch["profile_num"])
-            )  # [B, p]
-            profile = profile.unsqueeze(1).expand(-1, states.shape[1], -1)  # [B, W, p]
+            cat, num = batch["profile_cat"].to(dev), self.to_model(batch["profile_num"])
+            if cat.dim() == 3:  # causal: one profile per state [B, W, C] (data/causal_profiles.py)
+                b, w = cat.shape[:2]
+                profile = self.profile(cat.flatten(0, 1), num.flatten(0, 1)).view(b, w, -1)  # [B, W, p]
+            else:
+                profile = self.profile(cat, num)  # [B, p]
+                profile = profile.unsqueeze(1).expand(-1, states.shape[1], -1)  # [B, W, p]
         return self.fusion(states, profile), attn
 
     @staticmethod
@@ -445,6 +451,8 @@ class SeqRecModel(nn.Module):
         if resolve_loss(head_cfg.loss, self.n_items, head_cfg.sampled_above) == "full":
             items = self._item_vectors(torch.arange(self.n_items, device=self.device), live_idx, live_feats)
             logits = self.head.logits(users, items)  # [S, n_items]
+            if head_cfg.train_items == "seen":  # never-trained items are not even negatives
+                logits = logits.masked_fill(~self._seen_items(), float("-inf"))
             pos_logits = logits.gather(1, pos_ids)  # [S, P]
             mask = positives_mask_full(pos, pos_valid, self.n_items)
             pos_vectors = items[pos_ids]  # [S, P, D]
@@ -455,6 +463,8 @@ class SeqRecModel(nn.Module):
             items = self._item_vectors(candidates, live_idx, live_feats)  # [C, D]
             # log-Q correction, in float32 like the loss it feeds
             logits = self.head.logits(users, items).float() - log_prior[candidates]
+            if head_cfg.train_items == "seen":
+                logits = logits.masked_fill(~self._seen_items()[candidates], float("-inf"))
             column = torch.searchsorted(in_batch, pos_ids).clamp(
                 max=len(in_batch) - 1
             )  # positive -> its column
@@ -473,6 +483,10 @@ class SeqRecModel(nn.Module):
             loss = loss + head_cfg.pointwise_weight * bce
             parts["loss_pointwise"] = float(bce.detach())
         return loss, parts
+
+    def _seen_items(self) -> torch.Tensor:
+        """[n_items] bool: items with training events (all True until set_item_prior is called)."""
+        return self.item_seen
 
     # ---- scoring (evaluation, serving) -------------------------------------------------------
     def prepare_eval(self) -> None:

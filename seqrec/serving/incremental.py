@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from seqrec.data.batch import PAD
+from seqrec.data.causal_profiles import CausalProfiles
 from seqrec.data.examples import make_renderer
 from seqrec.data.schema import DataError, PreparedData
 from seqrec.data.windows import Window, make_windows
@@ -266,6 +267,8 @@ class IncrementalEncoder:
         self.renderer = make_renderer(data, model.cfg)
         self.cache = cache if cache is not None else UserStateCache()
         self.texts_encoded = 0
+        causal = model.cfg.model.profile.as_of == "state" and data.profile_spec.source == "behavioural"
+        self.causal = CausalProfiles(data) if causal else None
 
     # ---- public API ----------------------------------------------------------------------------
     def encode(self, user_id: str) -> UserEncoding:
@@ -400,7 +403,7 @@ class IncrementalEncoder:
     @torch.no_grad()
     def _aggregate(self, state: UserState) -> tuple[torch.Tensor, torch.Tensor]:
         """Aggregator + fusion over the cached window embeddings -> ([D] vector, [W] attention)."""
-        out = self.model(single_user_batch(state))
+        out = self.model(single_user_batch(state, self.causal))
         w = len(state.windows)
         return out.user_emb[0].float().cpu(), out.attn[0, w - 1, :w].float().cpu()
 
@@ -417,9 +420,15 @@ class IncrementalEncoder:
         )
 
 
-def single_user_batch(state: UserState) -> dict[str, torch.Tensor]:
-    """A one-user seqrec batch (seqrec/data/batch.py) carrying cached `window_features` [W, H]."""
+def single_user_batch(state: UserState, causal: CausalProfiles | None = None) -> dict[str, torch.Tensor]:
+    """A one-user seqrec batch (seqrec/data/batch.py) carrying cached `window_features` [W, H];
+    with `causal`, one profile per window from the events before its end, as in training."""
     windows = state.windows
+    profile_cat = torch.from_numpy(state.profile_cat).unsqueeze(0)  # [1, C]
+    profile_num = torch.from_numpy(state.profile_num).unsqueeze(0)  # [1, F]
+    if causal is not None:
+        cat, num = causal.profile_of(state.items, state.times, state.behaviors, [cw.end for cw in windows])
+        profile_cat, profile_num = torch.from_numpy(cat).unsqueeze(0), torch.from_numpy(num).unsqueeze(0)
     w = len(windows)
     k = max(cw.end - cw.start for cw in windows)
     window_items = torch.full((1, w, k), PAD, dtype=torch.long)
@@ -434,6 +443,6 @@ def single_user_batch(state: UserState) -> dict[str, torch.Tensor]:
             [[float(state.times[cw.end - 1]) for cw in windows]], dtype=torch.float64
         ),
         "window_items": window_items,  # [1, W, K]
-        "profile_cat": torch.from_numpy(state.profile_cat).unsqueeze(0),  # [1, C]
-        "profile_num": torch.from_numpy(state.profile_num).unsqueeze(0),  # [1, F]
+        "profile_cat": profile_cat,
+        "profile_num": profile_num,
     }

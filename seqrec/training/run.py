@@ -193,6 +193,13 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
         from seqrec.data.schema import PreparedData as _Data
 
         return fit_popularity(cfg, _Data.load(cfg.data_dir))
+    if cfg.train.model == "ensemble":
+        if not cfg.data_dir:
+            raise ConfigError("data_dir is empty: pass --data DIR (a prepared data directory)")
+        from seqrec.data.schema import PreparedData as _Data
+        from seqrec.training.late_fusion import fit_late_fusion
+
+        return fit_late_fusion(cfg, _Data.load(cfg.data_dir))
     builder = BUILDERS.get(cfg.train.model)
     if builder is None:
         raise ConfigError(

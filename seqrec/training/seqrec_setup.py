@@ -83,6 +83,12 @@ def feature_manifest(cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     }
 
 
+def _encoded_alike(cfg: RunConfig) -> bool:
+    """Windows and items go through the same prefix and token limit: their texts can be pooled."""
+    enc, text = cfg.model.encoder, cfg.text
+    return enc.window_prefix == enc.item_prefix and text.max_window_tokens == text.max_item_tokens
+
+
 def ensure_features(
     cfg: RunConfig,
     data: PreparedData,
@@ -143,6 +149,7 @@ def ensure_features(
                 lambda texts: model.encode_texts(texts, "window"),
                 lambda texts: model.encode_texts(texts, "item"),
                 json.loads(json.dumps(manifest, default=str)),
+                shared=_encoded_alike(cfg),
                 rank=rank,
                 world=world,
                 barrier=accelerator.wait_for_everyone if accelerator is not None else (lambda: None),
@@ -187,6 +194,11 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
         features = ensure_features(cfg, data, accelerator, precision)
         cfg.model.backbone.hidden_size = features.dim
         model = SeqRecModel.from_data(cfg, data, load_backbone=False, item_features=features.items)
+        if cfg.model.items.id_init == "text_pca" and model.item_tower.ids is not None:
+            from seqrec.modeling.text_init import init_ids_from_text
+
+            init_ids_from_text(model.item_tower.ids, features.items)
+            log.info("ID embeddings initialised from the PCA of the item text features")
     else:
         model = SeqRecModel.from_data(cfg, data, backbone_dtype=precision.backbone_dtype)
         if cfg.train.init_from:

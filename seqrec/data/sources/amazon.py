@@ -8,7 +8,8 @@
 * Review JSON lines (``reviews_<Category>_5.json[.gz]`` / ``<Category>_5.json[.gz]``) with
   ``reviewerID, asin, overall, unixReviewTime``.
 
-Item text comes from ``items.csv`` or from metadata JSON lines (``meta_<Category>.json[.gz]``):
+Item text comes from ``items.csv`` (joined with ``item_categories.csv``, ``item_id,categories``
+with one `` > ``-joined category path per item, when that file lies beside it) or from metadata JSON lines (``meta_<Category>.json[.gz]``):
 title, brand, the first category path (joined with " > ") and price. The 2014 metadata is not
 JSON but Python dict literals; those lines are parsed with ``ast.literal_eval`` (literals only,
 never ``eval``). HTML entities in text (``&amp;``) are unescaped. Every event is a ``review``
@@ -189,6 +190,32 @@ def read_items(path: Path, cfg: DataConfig, log: DropLog) -> tuple[pd.DataFrame,
     return items.drop(columns=empty), len(raw)
 
 
+CATEGORIES_FILE = "item_categories.csv"
+
+
+def join_categories(items: pd.DataFrame, path: Path, cfg: DataConfig, log: DropLog) -> pd.DataFrame:
+    """Add a ``category`` column from `path` (``item_id,categories``). A first path element shared
+    by every item (``Beauty`` in the Beauty set) says nothing about the item and is dropped. Items
+    without a row get no category; rows for unknown items are ignored."""
+    if "category" in items.columns:
+        return items
+    raw = read_delimited(
+        path, encoding=cfg.source.encoding, policy=cfg.bad_rows, log=log, prefix="categories_",
+        required=["item_id", "categories"],
+    )  # fmt: skip
+    frame = raw.frame.drop_duplicates("item_id", keep="first")
+    paths = frame["categories"].str.strip().map(html.unescape)
+    parts = paths.str.split(" > ")
+    firsts = parts.map(lambda p: p[0] if len(p) > 1 else None)
+    if len(firsts) and firsts.notna().all() and firsts.nunique() == 1:
+        paths = parts.map(lambda p: " > ".join(p[1:]))
+    lookup = dict(zip(frame["item_id"].str.strip(), paths))
+    category = items["item_id"].map(lookup)
+    out = items.copy()
+    out["category"] = category.where(category.fillna("") != "", None)
+    return out
+
+
 def read(cfg: DataConfig, log: DropLog) -> Tables:
     root = Path(cfg.source.input)
     path = events_file(root)
@@ -202,4 +229,8 @@ def read(cfg: DataConfig, log: DropLog) -> Tables:
     if items_path is not None:
         tables.items, tables.raw_rows["items"] = read_items(items_path, cfg, log)
         tables.files["items"] = str(items_path)
+        categories = items_path.parent / CATEGORIES_FILE
+        if ".json" not in items_path.name and categories.is_file():
+            tables.items = join_categories(tables.items, categories, cfg, log)
+            tables.files["categories"] = str(categories)
     return apply_catalogue(tables, cfg.missing_item, log, tables.files.get("items", "items"))

@@ -42,6 +42,7 @@ REASONS: dict[str, tuple[str, str]] = {
     "min_item_events": ("events", "events of items with fewer than data.min_item_events events"),
     "min_user_events": ("events", "events of users with fewer than data.min_user_events events"),
     "kcore": ("events", "events removed by the iterated data.kcore filter"),
+    "cold_items": ("events", "training events of the items held out by data.cold_items"),
     "items_malformed_row": ("items", "catalogue rows with a wrong number of fields"),
     "items_invalid_encoding": ("items", "catalogue rows with bytes invalid in the file's encoding"),
     "items_duplicate_id": ("items", "catalogue rows repeating an item id (the first row is kept)"),

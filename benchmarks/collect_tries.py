@@ -1,0 +1,151 @@
+"""Every Beauty method tried, kept or dropped, with its VALIDATION NDCG@10 (selection never uses test).
+
+    python benchmarks/collect_tries.py --runs runs/bench [--seed 0]
+
+Reads the run folders bench_quality.py wrote (``<runs>/<suite>/seed<S>/<config>/``): each run's best
+validation metrics (best_metrics.json), how far it trained (valid_history.jsonl), and for the late
+fusion every weight of its grid (best/late_fusion.json). Methods listed in NOT_RUN were not run on
+this machine; they are recorded with the reason. Writes results/beauty_tries.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+TRIES = [
+    ("beauty", "beauty-sasrec", "SASRec-CE (ID only), the baseline"),
+    ("beauty", "beauty-text", "seqrec, text item tower only (frozen MiniLM of title + category path)"),
+    (
+        "beauty",
+        "beauty-hybrid",
+        "seqrec hybrid: text + IDs initialised from text PCA (LLMInit), ID dropout 0.2, cold IDs zeroed",
+    ),
+    (
+        "beauty",
+        "beauty-fusion",
+        "late fusion SASRec-CE + seqrec text, z-scored scores, weight on validation (EnsRec)",
+    ),
+    ("beauty-cold", "beauty-sasrec", "cold suite: SASRec-CE"),
+    (
+        "beauty-cold",
+        "beauty-text",
+        "cold suite: seqrec text, held-out items still negatives in the softmax (dropped: cold slice near 0)",
+    ),
+    ("beauty-cold", "beauty-cold-text", "cold suite: seqrec text, training softmax over seen items only"),
+    ("beauty-cold", "beauty-cold-hybrid", "cold suite: seqrec hybrid, training softmax over seen items only"),
+]
+NOT_RUN = [
+    (
+        "AlphaFuse-style frozen standardised text + null-space IDs (arXiv 2504.19218)",
+        "not implemented: no CPU time left for a fourth Beauty model this session",
+    ),
+    (
+        "LoRA-tuned window encoder (train.stage=joint, then the head on tuned features)",
+        "not run: MiniLM forward+backward runs at a few windows/s on this shared 2-core CPU "
+        "(benchmarks/results/encode.md); even the 12k item texts once would take most of the session",
+    ),
+    ("LLM-ESR dual view + self-distillation", "not implemented"),
+]
+
+
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
+def collect(runs: Path, seed: int) -> list[dict]:
+    rows = []
+    for suite, config, what in TRIES:
+        folder = runs / suite / f"seed{seed}" / config
+        best = folder / "best_metrics.json"
+        if not best.is_file():
+            rows.append({"suite": suite, "config": config, "what": what, "status": "not finished"})
+            continue
+        b = json.loads(best.read_text())
+        hist = _jsonl(folder / "valid_history.jsonl")
+        row = {
+            "suite": suite, "config": f"train/configs/{config}.yaml", "what": what,
+            "valid_ndcg@10": b["metrics"].get("ndcg@10"), "valid_hr@10": b["metrics"].get("hr@10"),
+            "best_step": b.get("step"), "epochs_validated": len(hist),
+            "valid_curve_ndcg@10": [round(h.get("ndcg@10", float("nan")), 4) for h in hist],
+        }  # fmt: skip
+        fusion = folder / "best" / "late_fusion.json"
+        if fusion.is_file():
+            spec = json.loads(fusion.read_text())
+            row["fusion_weights"] = spec["weights"]
+            row["fusion_grid"] = [
+                {"text_weight": r["weight"], "valid_ndcg@10": r["ndcg@10"]} for r in spec["validation"]
+            ]
+        result = folder / "result.json"
+        if result.is_file():
+            res = json.loads(result.read_text())
+            row["train_seconds"] = res.get("train_seconds")
+            sl = (res.get("slices") or {}).get("target_item") or {}
+            if "cold" in sl and "warm" in sl:  # test slices, reported, never used to select
+                row["test_ndcg@10_warm"], row["test_ndcg@10_cold"] = (
+                    sl["warm"]["ndcg@10"],
+                    sl["cold"]["ndcg@10"],
+                )
+        rows.append(row)
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    rows = collect(Path(args.runs), args.seed)
+    warm = [
+        r
+        for r in rows
+        if r["suite"] == "beauty" and "train_seconds" in r and r.get("valid_ndcg@10") is not None
+    ]
+    best = max(warm, key=lambda r: r["valid_ndcg@10"]) if warm else None
+    for r in rows:
+        if r.get("valid_ndcg@10") is not None and "train_seconds" not in r:  # no test result: stopped
+            r["status"] = f"unfinished (stopped after {r['epochs_validated']} epoch(s); resumes)"
+            continue
+        if r["suite"] == "beauty" and r.get("valid_ndcg@10") is not None:
+            r["status"] = "kept (best on validation)" if r is best else "dropped (lower validation NDCG@10)"
+            if r["config"].endswith("beauty-sasrec.yaml"):
+                r["status"] = "baseline"
+        elif r.get("valid_ndcg@10") is not None:
+            r["status"] = "cold-start benchmark row"
+    out = {"seed": args.seed, "selection": "validation NDCG@10 (4,000 fixed validation users)", "tries": rows,
+           "not_run": [{"method": m, "why": w} for m, w in NOT_RUN],
+           "command": "python benchmarks/collect_tries.py " + " ".join(sys.argv[1:])}  # fmt: skip
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "beauty_tries.json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+    md = [
+        "# Beauty: methods tried (selected on validation only)",
+        "",
+        f"Command: `{out['command']}`; seed {args.seed}; selection: {out['selection']}.",
+        "",
+        "| suite | config | method | valid NDCG@10 | epochs validated | status |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for r in rows:
+        v = r.get("valid_ndcg@10")
+        md.append(
+            f"| {r['suite']} | `{r['config']}` | {r['what']} | {'' if v is None else f'{v:.4f}'} | "
+            f"{r.get('epochs_validated', '')} | {r.get('status', '')} |"
+        )
+    for r in rows:
+        if "fusion_grid" in r:
+            md += ["", f"Late fusion grid ({r['suite']}), text weight -> validation NDCG@10:", ""]
+            md += ["| text weight | valid NDCG@10 |", "|---:|---:|"]
+            md += [f"| {g['text_weight']:.1f} | {g['valid_ndcg@10']:.4f} |" for g in r["fusion_grid"]]
+    md += ["", "Not run:", ""] + [f"- {m}: {w}" for m, w in NOT_RUN]
+    (RESULTS / "beauty_tries.md").write_text("\n".join(md) + "\n", encoding="utf-8")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
