@@ -55,5 +55,10 @@ def test_ensemble_trains_members_picks_a_weight_on_validation_and_evaluates(
     # Weight 0 is the first member alone: same validation figure as evaluating it directly.
     alone = evaluate_checkpoint(tmp_path / "runs" / "tiny-sasrec" / "best", data, "valid", device="cpu")
     assert abs(alone.metrics["ndcg@10"] - table[0.0]) < 1e-9
-    # A rerun reuses the finished members.
-    assert main(args) == 0
+    # A rerun into the finished ensemble folder is refused without --overwrite (run-folder guard);
+    # with it, the weight is chosen again and the finished members are reused, not retrained.
+    member_weights = (tmp_path / "runs" / "tiny-sasrec" / "best" / "model.safetensors").read_bytes()
+    assert main(args) == 2
+    assert main([*args, "--overwrite"]) == 0
+    assert (tmp_path / "runs" / "tiny-sasrec" / "best" / "model.safetensors").read_bytes() == member_weights
+    assert json.loads((out / "best" / "late_fusion.json").read_text())["weights"] == spec["weights"]

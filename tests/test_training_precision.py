@@ -93,7 +93,7 @@ def test_bf16_head_stage_model_takes_float32_batches(tiny_data: Any) -> None:
     inputs = [make_input(tiny_data, u, split_end(tiny_data, u, "train"), cfg.window) for u in users]
     index = {(u, w.start, w.end): i for i, (u, inp) in enumerate(zip(users, inputs)) for w in inp.windows}
     rows = torch.randn(len(index) + 1, hidden)
-    store = FeatureStore(rows, feats, {k: v for k, v in index.items()}, {})
+    store = FeatureStore.from_keys(rows, feats, list(index), list(index.values()))
     examples = [{"input": inp, "feature_rows": store.rows(u, inp.windows)} for u, inp in zip(users, inputs)]
     batch = SeqRecCollator(tiny_data, cfg, "train", features=store)(examples)
     assert batch["window_features"].dtype == torch.float32
