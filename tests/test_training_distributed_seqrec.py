@@ -23,7 +23,9 @@ import argparse
 import json
 import logging
 import math
+import os
 import re
+import signal
 import sys
 import time
 from pathlib import Path
@@ -74,6 +76,10 @@ def run_config(args: argparse.Namespace) -> Any:
         overrides["train.init_from"] = args.init_from
     if getattr(args, "lr", None) is not None:
         overrides["train.lr"] = overrides["train.backbone_lr"] = args.lr
+    if getattr(args, "cache_refresh", None) is not None:
+        overrides["model.items.cache_refresh_steps"] = args.cache_refresh
+    if getattr(args, "resume", None):
+        overrides["train.resume"] = args.resume
     if args.stage == "head":
         overrides["model.backbone.hidden_size"] = 0
     return tiny_run_config(args.backbone, **overrides)
@@ -81,6 +87,7 @@ def run_config(args: argparse.Namespace) -> Any:
 
 def worker(argv: list[str]) -> int:
     import torch
+    from accelerate.utils import set_seed
 
     from seqrec.data.collate import eval_loader
     from seqrec.data.schema import PreparedData
@@ -100,6 +107,9 @@ def worker(argv: list[str]) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--init-from", default=None)
     p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--cache-refresh", type=int, default=None)
+    p.add_argument("--resume", default=None)
+    p.add_argument("--stop-at", type=int, default=0, help="SIGUSR1 to every rank after this step")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -108,6 +118,7 @@ def worker(argv: list[str]) -> int:
     accelerator = make_accelerator(cfg)
     rank = accelerator.process_index
     data = PreparedData.load(cfg.data_dir)
+    set_seed(cfg.train.seed)  # as run_training does: the same initial weights in every run
     setup = seqrec_setup(cfg, data, accelerator)
     step_times: list[float] = []
     last = [time.perf_counter()]
@@ -116,6 +127,8 @@ def worker(argv: list[str]) -> int:
         now = time.perf_counter()
         step_times.append(now - last[0])
         last[0] = now
+        if state.global_step == args.stop_at:
+            os.kill(os.getpid(), signal.SIGUSR1)  # preemption: checkpoint at this step and stop
 
     trainer = Trainer(
         cfg,
@@ -396,6 +409,49 @@ def test_init_from_under_zero3(
         assert want.keys() == got.keys() and want
         for k in want:  # bf16 round trip: 8 significant bits
             torch.testing.assert_close(got[k].float(), want[k].float(), rtol=0.01, atol=1e-3, msg=k)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_resume_between_item_cache_refreshes_is_bit_exact(
+    tmp_path: Path, tiny_data_dir: Path, tiny_backbones: Any, stage: int
+) -> None:
+    """Tiny Llama + LoRA, bf16, ZeRO-2 / ZeRO-3 on two ranks, item cache refreshed every 4 steps: a
+    run preempted at step 3 (its cache built at step 0 from older weights) and resumed ends with
+    the same gathered weights, bit for bit, as an uninterrupted run. Rank 0 writes the cache into
+    the checkpoint; both ranks read it back."""
+    import torch
+    from safetensors.torch import load_file
+
+    from seqrec.training.checkpoint import load_extra_tensors
+    from tests.test_training_distributed import _logs, wait_all
+
+    backbone = tiny_backbones("llama")
+    common = ["--data", str(tiny_data_dir), "--backbone", str(backbone), "--steps", "6"]
+    common += ["--deepspeed", str(zero_config(tmp_path, stage)), "--cache-refresh", "4"]
+    outs = {}
+    for name, extra in (("full", []), ("split", ["--stop-at", "3"]), ("split", ["--resume", "auto"])):
+        out, logs = tmp_path / name, tmp_path / f"logs-{name}"
+        out.mkdir(exist_ok=True)
+        logs.mkdir(exist_ok=True)
+        codes = wait_all(start_ranks(2, [*common, "--out", str(out), *extra], logs), logs, timeout=300)
+        assert codes == [0, 0], _logs(logs)
+        outs[name] = out
+        if extra[:1] == ["--stop-at"]:
+            reps = [json.loads((out / f"report-{r}.json").read_text()) for r in range(2)]
+            assert {r["stop_reason"] for r in reps} == {"preempted"} and {r["global_step"] for r in reps} == {
+                3
+            }
+            saved = load_extra_tensors(out / "checkpoints" / "step-3")
+            assert int(saved["item_cache_step"]) == 0 and saved["item_features"].dtype == torch.bfloat16
+    text = (tmp_path / "logs-split" / "rank1.log").read_text(errors="replace")
+    assert f"resumed from {outs['split'] / 'checkpoints' / 'step-3'}" in text, text[-3000:]
+    reps = [json.loads((outs["split"] / f"report-{r}.json").read_text()) for r in range(2)]
+    assert {r["global_step"] for r in reps} == {6}
+    for f in ("adapter_model.safetensors", "head.safetensors"):
+        want, got = load_file(str(outs["full"] / "final" / f)), load_file(str(outs["split"] / "final" / f))
+        assert want.keys() == got.keys() and want
+        differ = [k for k in want if not torch.equal(got[k], want[k])]
+        assert not differ, f"{f}: {differ[:5]}"
 
 
 def run_config_for(tmp_path: Path, backbone: Path) -> Any:

@@ -412,3 +412,109 @@ def test_accelerate_yamls_name_a_ds_config_and_repeat_none_of_its_keys() -> None
         assert ds["deepspeed_config_file"] == f"ds_configs/{path.stem}.json"
         assert (repo / ds["deepspeed_config_file"]).is_file()
         assert ds["zero3_init_flag"] == path.stem.startswith("zero3")
+
+
+# ---- the seqrec model: its item feature cache is part of the checkpoint ------------------------
+
+
+def _seqrec_trainer(tmp_path: Path, out: Path, data_dir: Path, backbone: Path, **train: Any) -> Any:
+    """A joint-stage seqrec Trainer: tiny BERT + LoRA, text item tower whose catalogue cache is
+    refreshed every 5 steps, checkpoints every 3 steps."""
+    from accelerate.utils import set_seed
+
+    from seqrec.data.schema import PreparedData
+    from seqrec.training.distributed import make_accelerator
+    from seqrec.training.loop import Trainer
+    from seqrec.training.seqrec_setup import seqrec_setup
+    from tests.tiny_models import tiny_run_config
+
+    overrides: dict[str, Any] = {
+        "data_dir": str(data_dir),
+        "model.adapter.method": "lora",
+        "model.items.mode": "text",
+        "model.items.cache_refresh_steps": 5,
+        "model.encoder.micro_batch_size": 8,
+        "train.output_dir": str(out),
+        "train.stage": "joint",
+        "train.batch_size": 4,
+        "train.epochs": 2,
+        "train.max_steps": 12,
+        "train.checkpoint_every": 3,
+        "train.eval_every": 0,  # validates at the end of epoch 1 (step 10): that rebuilds the cache too
+        "train.eval_max_users": 4,
+        "train.lr": 3e-3,
+        "train.backbone_lr": 3e-2,  # the LoRA weights move enough for a stale cache to matter
+        "train.log_every": 4,
+        "train.tracker": "none",
+        "train.mixed_precision": "'no'",
+        "text.max_window_tokens": 32,
+        "text.max_item_tokens": 12,
+    }
+    overrides.update({f"train.{k}": v for k, v in train.items()})
+    cfg = tiny_run_config(backbone, **overrides)
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.train.seed)  # as run_training does: the same initial weights in every run
+    setup = seqrec_setup(cfg, PreparedData.load(cfg.data_dir), accelerator)
+    return Trainer(
+        cfg,
+        setup.model,
+        setup.train_dataset,
+        setup.collate_fn,
+        setup.evaluate_fn,
+        setup.save_model_fn,
+        setup.param_groups,
+        accelerator=accelerator,
+    )
+
+
+def test_seqrec_resume_between_cache_refreshes_matches_uninterrupted_run(
+    tmp_path: Path, tiny_data_dir: Path, tiny_backbones: Any
+) -> None:
+    """A run killed after the step-6 checkpoint (the item cache was last built at step 5, from
+    older weights) and resumed continues with that cache, not one re-encoded from the checkpoint's
+    weights, and ends with exactly the weights of a run that was never interrupted."""
+    from seqrec.training.checkpoint import EXTRA_STATE_FILE, load_extra_tensors, read_state
+    from seqrec.training.loop import TrainResult
+
+    backbone = tiny_backbones("bert")
+    full = _seqrec_trainer(tmp_path, tmp_path / "full", tiny_data_dir, backbone, keep_last=10)
+    assert full.train().global_step == 12
+    expected = {k: v.detach().clone() for k, v in full.unwrapped.state_dict().items()}
+    _reset_accelerate()
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_8(state: Any) -> None:
+        if state.global_step == 8:  # after the step-6 checkpoint, before the next one
+            raise Killed
+
+    first = _seqrec_trainer(tmp_path, tmp_path / "split", tiny_data_dir, backbone)
+    first.step_hooks.append(kill_at_8)
+    with pytest.raises(Killed):
+        first.train()
+    ckpt = tmp_path / "split" / "checkpoints" / "step-6"
+    assert read_state(ckpt).global_step == 6 and (ckpt / EXTRA_STATE_FILE).is_file()
+    saved = load_extra_tensors(ckpt)
+    assert int(saved["item_cache_step"]) == 5 and int(saved["item_cache_fresh"]) == 0
+    # The checkpointed cache is the uninterrupted run's at step 6 (before anything rebuilt it).
+    reference = load_extra_tensors(tmp_path / "full" / "checkpoints" / "step-6")
+    assert torch.equal(saved["item_features"], reference["item_features"])
+    _reset_accelerate()
+
+    second = _seqrec_trainer(tmp_path, tmp_path / "split", tiny_data_dir, backbone, resume="auto")
+    resumed: TrainResult = second.train()
+    assert resumed.resumed_from == ckpt and resumed.global_step == 12
+    got = second.unwrapped.state_dict()
+    assert got.keys() == expected.keys()
+    differ = [k for k in expected if not torch.equal(got[k], expected[k])]
+    assert not differ, f"weights differ after resume: {differ[:5]}"
+
+
+def _reset_accelerate() -> None:
+    """What the fresh_accelerate_state fixture does, between the runs of one test."""
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    PartialState._reset_state()

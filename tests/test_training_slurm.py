@@ -436,10 +436,11 @@ def _training_job_files(tmp_path: Path) -> tuple[dict[str, str], Path]:
             "aggregator": {"d_model": 16, "layers": 1, "heads": 2, "dropout": 0.0},
             "profile": {"dim": 8, "cat_dim": 4},
             "fusion": {"hidden": 32, "dropout": 0.0},
-            # Text item vectors, re-encoded after every step. With the default schedule (every 200
-            # steps) a resumed run rebuilds the catalogue cache from the checkpoint's weights while
-            # an uninterrupted one keeps the older cache: training goes on, but not bit for bit.
-            "items": {"mode": "text", "cache_refresh_steps": 1},
+            # Text item vectors; the catalogue cache keeps the default schedule (every 200 steps:
+            # here only each epoch's validation rebuilds it), so the job is preempted between two
+            # rebuilds and must resume with the cache its checkpoint saved (with the old code,
+            # which re-encoded it from the checkpoint's weights, the histories differed at step 24).
+            "items": {"mode": "text"},
             "head": {"dim": 16},
         },
         "window": {"size": 2, "max_windows": 4},
@@ -568,6 +569,7 @@ def test_real_slurm_preempt_requeue_resume_same_result(slurm_cluster: SlurmClust
     total = EPOCHS * 6
     assert 10 <= stopped_at < total, text  # really interrupted mid-run
     assert f"resumed from {out / 'checkpoints' / f'step-{stopped_at}'} (step {stopped_at}" in text, text
+    assert (out / "checkpoints" / f"step-{total}" / "extra_state.safetensors").is_file()  # the item cache
     assert f"training completed after {total} steps" in text, text
 
     got, want = _final_state(out), _final_state(tmp_path / "reference")

@@ -33,7 +33,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -192,7 +192,9 @@ class SeqRecModel(nn.Module):
         )
         self.register_buffer("item_seen", torch.ones(self.n_items, dtype=torch.bool), persistent=False)
         self._item_tokens: list[list[int]] | None = None
-        self._cache_fresh = False
+        self._cache_fresh = False  # the cache matches the current backbone weights
+        self._step = 0  # optimizer steps done (on_step_end / on_resume)
+        self._cache_step = -1  # the step the cache was built at (-1: none built in training)
         self._eval_items: torch.Tensor | None = None
         if item_counts is not None:
             self.set_item_prior(item_counts)
@@ -342,6 +344,7 @@ class SeqRecModel(nn.Module):
             )
         self.item_features = self.to_model(feats.detach())
         self._cache_fresh = True
+        self._cache_step = self._step
         self._eval_items = None
 
     def _ensure_item_cache(self) -> None:
@@ -523,15 +526,55 @@ class SeqRecModel(nn.Module):
         return self.head.pointwise(user_emb, self._catalogue()[item_idx.to(self.device)])
 
     # ---- training hooks --------------------------------------------------------------------------
+    def _cache_follows_training(self) -> bool:
+        """The item cache is derived from weights that training changes (trainable text encoder)."""
+        return self.encoder is not None and self.encoder.trainable() and self.item_tower.uses_text
+
     def on_step_end(self, step: int) -> None:
         """Called after every optimizer step (on every rank): refresh the item cache on schedule."""
         self._eval_items = None
-        if self.encoder is None or not self.encoder.trainable() or not self.item_tower.uses_text:
+        self._step = step
+        if not self._cache_follows_training():
             return
         self._cache_fresh = False
         every = self.spec.model.items.cache_refresh_steps
         if every > 0 and step % every == 0 and self._item_tokens is not None:
             self.build_item_cache()
+
+    def on_resume(self, step: int) -> None:
+        """Called after a checkpoint was loaded (on every rank): continue counting steps from it."""
+        self._step = step
+
+    # The item cache between refreshes was built from older weights than the checkpoint's, so a
+    # resumed run cannot rebuild it: it is saved with every checkpoint (rank 0 writes; every rank
+    # holds the same full cache and reads it back).
+    def checkpoint_tensors(self) -> dict[str, torch.Tensor]:
+        """Training state outside the state dict that a resumed run needs (the training loop saves
+        it with each checkpoint): the item feature cache, whether it is fresh and its build step.
+        Empty when the cache can be rebuilt from the weights (frozen or no text encoder) or none
+        was built yet."""
+        if not self._cache_follows_training() or self.item_features.shape[0] != self.n_items:
+            return {}
+        return {
+            "item_features": self.item_features.detach(),
+            "item_cache_fresh": torch.tensor(int(self._cache_fresh)),
+            "item_cache_step": torch.tensor(self._cache_step, dtype=torch.int64),
+        }
+
+    def load_checkpoint_tensors(self, tensors: Mapping[str, torch.Tensor]) -> None:
+        """Restore what checkpoint_tensors returned, exactly (no re-encoding, same dtype)."""
+        if "item_features" not in tensors:
+            return
+        feats = tensors["item_features"]
+        if tuple(feats.shape) != (self.n_items, self.feature_dim):
+            raise ValueError(
+                f"the checkpoint's item cache is {list(feats.shape)}, the model needs "
+                f"[{self.n_items}, {self.feature_dim}]"
+            )
+        self.item_features = feats.to(self.device)
+        self._cache_fresh = bool(int(tensors["item_cache_fresh"]))
+        self._cache_step = int(tensors["item_cache_step"])
+        self._eval_items = None
 
     def param_groups(self, train_cfg: TrainConfig) -> list[dict[str, Any]]:
         """AdamW groups: backbone/adapters at backbone_lr, the rest at lr; no weight decay for biases,

@@ -5,6 +5,9 @@ Layout::
     <output_dir>/checkpoints/step-<N>/
         ...                   accelerate `save_state`: model, optimizer, scheduler, RNG per rank
                               (under DeepSpeed: its ZeRO shards, one optimizer file per rank)
+        extra_state.safetensors  the model's training state outside its weights, when it has
+                              any (`checkpoint_tensors`, e.g. seqrec's item feature cache);
+                              written by rank 0, read by every rank
         trainer_state.json    where the data stream stands (TrainerState)
         config.yaml           the resolved RunConfig
         manifest.json         every file above with its size and sha256
@@ -28,6 +31,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,12 +43,14 @@ from seqrec.manifest import write_manifest as _write_manifest
 from seqrec.training.run_folder import set_history_aside
 
 if TYPE_CHECKING:
+    import torch
     from accelerate.accelerator import Accelerator
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS_DIR = "checkpoints"
 STATE_FILE = "trainer_state.json"
+EXTRA_STATE_FILE = "extra_state.safetensors"
 CONFIG_FILE = "config.yaml"
 COMPLETE_FILE = "COMPLETE"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -152,9 +158,18 @@ def _drop_frozen(models: list[Any], weights: list[dict[str, Any]], output_dir: s
 
 
 def save_checkpoint(
-    accelerator: Accelerator, output_dir: str | Path, state: TrainerState, cfg: RunConfig, keep_last: int
+    accelerator: Accelerator,
+    output_dir: str | Path,
+    state: TrainerState,
+    cfg: RunConfig,
+    keep_last: int,
+    extra_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Save a resumable checkpoint for `state.global_step`. Call on EVERY rank (collective)."""
+    """Save a resumable checkpoint for `state.global_step`. Call on EVERY rank (collective).
+
+    `extra_tensors` (read on the main process only; the same on every rank) go to
+    EXTRA_STATE_FILE, covered by the manifest like every other file; load_extra_tensors reads them.
+    """
     root = checkpoints_root(output_dir)
     final = root / f"step-{state.global_step}"
     tmp = root / f".tmp-step-{state.global_step}"
@@ -167,6 +182,8 @@ def save_checkpoint(
     accelerator.save_state(str(tmp), **extra)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        if extra_tensors:
+            _write_tensors_durably(tmp / EXTRA_STATE_FILE, extra_tensors)
         write_text_durably(tmp / STATE_FILE, json.dumps(state.to_json(), indent=1))
         save_config(cfg, tmp / CONFIG_FILE)
         write_manifest(tmp, state.global_step)
@@ -177,6 +194,18 @@ def save_checkpoint(
         log.info("saved checkpoint %s", final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_tensors_durably(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """safetensors file of `tensors` (copied to the CPU, exact dtype), fsynced."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
@@ -268,3 +297,12 @@ def load_checkpoint(accelerator: Accelerator, folder: Path) -> TrainerState:
         state.batch_in_epoch,
     )
     return state
+
+
+def load_extra_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The tensors save_checkpoint stored as `extra_tensors` (CPU), or {} when it stored none
+    (also checkpoints written before the file existed). Every rank reads the one file."""
+    from safetensors.torch import load_file
+
+    path = folder / EXTRA_STATE_FILE
+    return load_file(str(path)) if path.is_file() else {}

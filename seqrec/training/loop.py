@@ -9,6 +9,14 @@ What a model must offer (seqrec, SASRec, test models):
                         (e.g. refresh an item-embedding cache on a schedule)
     on_resume(step)     optional, called on every rank after a checkpoint was loaded
                         (rebuild anything derived from the weights)
+    checkpoint_tensors() -> dict[str, Tensor]
+                        optional: training state outside the state dict (the same on every
+                        rank), saved with each checkpoint by rank 0; e.g. an item-embedding cache
+                        built from older weights than the checkpoint's, which a resumed run
+                        could not rebuild
+    load_checkpoint_tensors(tensors)
+                        optional, called on every rank after a checkpoint was loaded (before
+                        on_resume) with what checkpoint_tensors returned when it was saved
 
 Under ZeRO-3 every rank must run the same forward calls (parameters are gathered collectively),
 and a model should reach parameters through submodule calls, not by reading `.weight` of a
@@ -46,6 +54,7 @@ from seqrec.data.schema import atomic_directory
 from seqrec.training.checkpoint import (
     TrainerState,
     load_checkpoint,
+    load_extra_tensors,
     resolve_resume,
     save_checkpoint,
     skip_frozen_parameters,
@@ -192,6 +201,9 @@ class Trainer:
         state = TrainerState(world_size=acc.num_processes)
         if resumed_from is not None:
             state = load_checkpoint(acc, resumed_from)
+            load_tensors = getattr(self.unwrapped, "load_checkpoint_tensors", None)
+            if callable(load_tensors):
+                load_tensors(load_extra_tensors(resumed_from))
             on_resume = getattr(self.unwrapped, "on_resume", None)
             if callable(on_resume):
                 on_resume(state.global_step)
@@ -426,8 +438,10 @@ class Trainer:
     def _checkpoint(self, state: TrainerState) -> None:
         if state.global_step == self.last_saved_step:
             return
+        tensors = getattr(self.unwrapped, "checkpoint_tensors", None)
+        extra = tensors() if callable(tensors) and self.accelerator.is_main_process else None
         self.last_checkpoint = save_checkpoint(
-            self.accelerator, self.output_dir, state, self.cfg, self.tc.keep_last
+            self.accelerator, self.output_dir, state, self.cfg, self.tc.keep_last, extra
         )
         self.last_saved_step = state.global_step
         self.meter.restart_clock()
