@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 from seqrec.config import DataConfig, save_config, validate
 from seqrec.data import sequences
-from seqrec.data.profiles import DAY, _Builder, category_column, demographics
+from seqrec.data.profiles import DAY, _Builder, category_column, demographics, profile_kind
 from seqrec.data.schema import (
     EVENTS_FILE,
     META_FILE,
@@ -849,17 +849,10 @@ def fit_profiles(
     names: list[str],
 ) -> tuple[pd.DataFrame | None, ProfileSpec]:
     """profiles.fit_profiles with the event-level work in DuckDB."""
-    from seqrec.config import ConfigError
-
-    mode = cfg.profile
-    has_users = users is not None and users.shape[1] > 0
-    if mode == "none":
+    kind = profile_kind(cfg, users)
+    if kind == "none":
         return None, ProfileSpec()
-    if mode == "demographics" and not has_users:
-        raise ConfigError(
-            "data.profile=demographics but the data has no user profile table (data.source.users_file)"
-        )
-    if mode == "demographics" or (mode == "auto" and has_users):
+    if kind == "demographics":
         assert users is not None
         return demographics(users, train_end)
     field = category_column(items, cfg.category_field)

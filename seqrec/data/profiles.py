@@ -138,6 +138,23 @@ def category_column(items: pd.DataFrame, configured: str | None) -> str | None:
     return None
 
 
+def profile_kind(cfg: DataConfig, users: pd.DataFrame | None) -> str:
+    """ "none", "demographics" or "behavioural": data.profile resolved against the data (auto means
+    demographics when `users` has fields); shared by both prepare engines."""
+    has_users = users is not None and users.shape[1] > 0
+    if cfg.profile == "none":
+        return "none"
+    if cfg.profile == "demographics" and not has_users:
+        raise ConfigError(
+            "data.profile=demographics but the data has no user profile table (data.source.users_file)"
+        )
+    return (
+        "demographics"
+        if cfg.profile == "demographics" or (cfg.profile == "auto" and has_users)
+        else "behavioural"
+    )
+
+
 def fit_profiles(
     cfg: DataConfig,
     users: pd.DataFrame | None,
@@ -150,15 +167,10 @@ def fit_profiles(
     behavior_names: list[str],
 ) -> tuple[pd.DataFrame | None, ProfileSpec]:
     """Profiles per data.profile (auto: demographics when `users` has fields, else behavioural)."""
-    mode = cfg.profile
-    has_users = users is not None and users.shape[1] > 0
-    if mode == "none":
+    kind = profile_kind(cfg, users)
+    if kind == "none":
         return None, ProfileSpec()
-    if mode == "demographics" and not has_users:
-        raise ConfigError(
-            "data.profile=demographics but the data has no user profile table (data.source.users_file)"
-        )
-    if mode == "demographics" or (mode == "auto" and has_users):
+    if kind == "demographics":
         assert users is not None
         return demographics(users, train_end)
     field = category_column(items, cfg.category_field)
