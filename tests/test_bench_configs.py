@@ -34,3 +34,16 @@ def test_every_benchmark_row_names_a_committed_config() -> None:
             cfg = resolve_config(REPO / "train" / "configs" / f"{config}.yaml")
             for member in cfg.ensemble.members:  # late fusion: its members are committed too
                 assert (REPO / member).is_file(), member
+
+
+def test_headline_row_is_chosen_on_validation_not_test() -> None:
+    bench = _bench()
+    row = {"metrics": {"ndcg@10": 0.0}}
+    results = {
+        "sasrec": [{**row, "valid_ndcg@10": 0.9}],  # not a seqrec row: never the headline
+        "seqrec-text": [{"metrics": {"ndcg@10": 0.05}, "valid_ndcg@10": 0.02}],  # best on TEST
+        "seqrec-hybrid": [{"metrics": {"ndcg@10": 0.01}, "valid_ndcg@10": 0.03}],  # best on VALID
+        "seqrec-fusion": [{"metrics": {"ndcg@10": 0.02}, "valid_ndcg@10": None}],  # unknown: skipped
+    }
+    assert bench.select_main("beauty", results) == "seqrec-hybrid"  # type: ignore[attr-defined]
+    assert bench.select_main("movielens", results) == "seqrec"  # a fixed row stays fixed  # type: ignore[attr-defined]
