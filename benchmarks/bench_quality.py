@@ -71,6 +71,21 @@ SUITES: dict[str, dict] = {
         },
         "seqrec": "seqrec-hybrid",
     },
+    # The same data with a 20-epoch budget for the ID model and the hybrid (closer to convergence
+    # than the 5-epoch rows); data and feature cache shared with the beauty suite.
+    "beauty-20ep": {
+        "source": "amazon",
+        "input": "amazon-beauty-2014",
+        "prepare": [],
+        "data_of": "beauty",
+        "results": "beauty_20ep",
+        "models": {
+            "sasrec": "beauty-sasrec-20ep",
+            "seqrec-hybrid": "beauty-hybrid-20ep",
+            "seqrec-fusion-hybrid": "beauty-fusion-hybrid-20ep",
+        },
+        "seqrec": "select",
+    },
     "movielens": {
         "source": "movielens",
         "input": "movielens-100k",
@@ -118,7 +133,7 @@ def run_measured(cmd: list[str], log: Path) -> dict:
 
 def prepare(suite: str, runs: Path) -> Path:
     spec = SUITES[suite]
-    data = runs / suite / "data"
+    data = runs / spec.get("data_of", suite) / "data"
     src = SHARED / spec["input"]
     if not src.is_dir():
         raise SystemExit(f"{src} not found: this suite needs ../shared/data/{spec['input']}")
@@ -147,7 +162,7 @@ def run_model(suite: str, name: str, seed: int, runs: Path, data: Path) -> dict:
         return {**json.loads(done.read_text()), "valid_ndcg@10": _valid_ndcg(out)}
     out.parent.mkdir(parents=True, exist_ok=True)
     # A cache location only (features are rebuilt when their settings differ): no result changes.
-    cache = f"train.features_dir={runs / suite / 'features'}"
+    cache = f"train.features_dir={runs / SUITES[suite].get('data_of', suite) / 'features'}"
     train_cmd = seqrec(
         "train", "--config", str(CONFIGS / f"{config}.yaml"), "--data", str(data), "--output", str(out),
         "--resume", "auto", f"train.seed={seed}", cache,
