@@ -71,18 +71,18 @@ SUITES: dict[str, dict] = {
         },
         "seqrec": "seqrec-hybrid",
     },
-    # The same data with a 20-epoch budget for the ID model and the hybrid (closer to convergence
+    # The same data with a 10-epoch budget for the ID model and the hybrid (closer to convergence
     # than the 5-epoch rows); data and feature cache shared with the beauty suite.
-    "beauty-20ep": {
+    "beauty-10ep": {
         "source": "amazon",
         "input": "amazon-beauty-2014",
         "prepare": [],
         "data_of": "beauty",
-        "results": "beauty_20ep",
+        "results": "beauty_10ep",
         "models": {
-            "sasrec": "beauty-sasrec-20ep",
-            "seqrec-hybrid": "beauty-hybrid-20ep",
-            "seqrec-fusion-hybrid": "beauty-fusion-hybrid-20ep",
+            "sasrec": "beauty-sasrec-10ep",
+            "seqrec-hybrid": "beauty-hybrid-10ep",
+            "seqrec-fusion-hybrid": "beauty-fusion-hybrid-10ep",
         },
         "seqrec": "select",
     },
