@@ -183,7 +183,7 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     from seqrec.evaluation.protocols import make_protocol
     from seqrec.modeling import SeqRecModel
     from seqrec.training.distributed import compute_precision
-    from seqrec.training.run import TrainingSetup, validation_users
+    from seqrec.training.run import TrainingSetup, rank_users, validation_users
 
     tokens: TextTokens | None = None
     features: FeatureStore | None = None
@@ -217,10 +217,9 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
         data, cfg, "train", features=features, item_tokens=item_tokens, pad_token_id=pad_id
     )
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
-    loader = accelerator.prepare_data_loader(
-        eval_loader(data, cfg, "valid", tokens=tokens, features=features, users=users, pad_token_id=pad_id),
-        device_placement=True,
-    )
+    # Each rank scores its own users (seqrec/data/shards.py); the evaluator gathers and de-duplicates.
+    own = rank_users(data, users, accelerator.process_index, accelerator.num_processes)
+    loader = eval_loader(data, cfg, "valid", tokens=tokens, features=features, users=own, pad_token_id=pad_id)
     protocol = make_protocol(cfg.eval, data, "valid")
 
     def evaluate_fn(m: nn.Module, acc: Accelerator) -> dict[str, float]:
