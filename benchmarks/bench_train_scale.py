@@ -38,7 +38,7 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     raw = folder / "raw" / "UserBehavior.csv"
     data = folder / "prepared"
     run_child([*seqrec, "data", "prepare", "--source", "taobao", "--input", str(raw), "--out", str(data),
-               "--engine", "duckdb", "--quiet"])  # fmt: skip
+               "--engine", "duckdb", "--threads", "1", "--quiet"])  # fmt: skip
     raw.unlink()
     report = json.loads((data / "report.json").read_text())
     cmd = [
