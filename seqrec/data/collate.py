@@ -184,9 +184,13 @@ class SeqRecDataset(Dataset):
         self.random_cut = split == "train" and cfg.train.train_cut == "random"
         self.epoch = 0
         self.renderer: Renderer | None = make_renderer(data, cfg) if tokens is not None else None
-        self._inputs: list[UserInput] | None = (
-            None if self.random_cut else [self._input(u) for u in self.users]
-        )
+        if data.loaded is not None and tokens is not None:
+            raise ValueError(
+                "the joint stage tokenizes every user's windows up front: it needs the whole data"
+            )
+        # Partial data (one rank's shards): inputs are made when read, and a rank reads only its own.
+        lazy = self.random_cut or data.loaded is not None
+        self._inputs: list[UserInput] | None = None if lazy else [self._input(u) for u in self.users]
         self._token_cache: Any = None
         if tokens is not None and cache and not self.random_cut:
             self._token_cache = self._build_token_cache()

@@ -98,13 +98,14 @@ def rank_users(
 def load_training_data(cfg: RunConfig, accelerator: Accelerator) -> PreparedData:
     """The prepared data for this rank: only its own users' event shards when the directory is
     sharded, the run has several processes and the model needs no other user's events (SASRec
-    with full-ranking validation); otherwise the whole data. Global item counts are summed over
-    the ranks (each counts its own users)."""
+    and the seqrec head stage, with full-ranking validation); otherwise the whole data. Global
+    item counts are summed over the ranks (each counts its own users)."""
     import torch
 
     from seqrec.data.schema import PreparedData
 
-    partial = cfg.train.model == "sasrec" and cfg.eval.protocol == "full"
+    head = cfg.train.model == "seqrec" and cfg.train.stage == "head"
+    partial = (cfg.train.model == "sasrec" or head) and cfg.eval.protocol == "full"
     rank, world = (accelerator.process_index, accelerator.num_processes) if partial else (0, 1)
     data = PreparedData.load(cfg.data_dir, rank=rank, world=world)
     if data.loaded is not None:

@@ -130,14 +130,17 @@ def ensure_features(
                 out,
                 world,
             )
+        # The cache covers every user's windows: a rank that holds only its own users' events
+        # (sharded data) reads the whole data for the build, once per feature config.
+        source = data if data.loaded is None or data.path is None else PreparedData.load(data.path)
         with _without_zero_init(accelerator):
-            model = load_encoder_model(cfg, data, precision)
+            model = load_encoder_model(cfg, source, precision)
         model.eval()
-        renderer = make_renderer(data, cfg)
-        windows = list(iter_windows(data, cfg, ["train", "valid", "test"]))
+        renderer = make_renderer(source, cfg)
+        windows = list(iter_windows(source, cfg, ["train", "valid", "test"]))
 
         def window_texts(ws: Any) -> list[str]:
-            return [render_windows(data, renderer, u, (w,))[0] for u, w in ws]
+            return [render_windows(source, renderer, u, (w,))[0] for u, w in ws]
 
         assert model.encoder is not None
         with model.encoder.local_only():  # each rank encodes its own share: no call-count sync
@@ -154,7 +157,7 @@ def ensure_features(
                 world=world,
                 barrier=accelerator.wait_for_everyone if accelerator is not None else (lambda: None),
             )
-        del model
+        del model, source, windows
     return FeatureStore.load(out)
 
 
