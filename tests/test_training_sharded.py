@@ -138,6 +138,7 @@ def worker(argv: list[str]) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--model", default="sasrec")
     p.add_argument("--backbone", default="")
+    p.add_argument("--set", action="append", default=[], help="more key=value overrides")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(1)
@@ -150,6 +151,7 @@ def worker(argv: list[str]) -> int:
         "train.checkpoint_every=0",
         "train.tracker=none",
         "eval.batch_size=8",
+        *args.set,
     ]
     if args.model == "sasrec":
         overrides += [
@@ -173,13 +175,13 @@ def worker(argv: list[str]) -> int:
     return result.exit_code
 
 
-def launch(tmp_path: Path, name: str, data: Path, extra: list[str]) -> Path:
+def launch(tmp_path: Path, name: str, data: Path, extra: list[str], fresh: bool = True) -> Path:
     import subprocess
 
     from tests.test_training_distributed import _env, _free_port, _logs, wait_all
 
     out, logs = tmp_path / name, tmp_path / f"{name}-logs"
-    logs.mkdir()
+    logs.mkdir(exist_ok=not fresh)
     port = str(_free_port())
     procs = []
     for rank in range(2):
@@ -249,9 +251,30 @@ def test_sasrec_sharded_trains_like_unsharded_on_two_processes(
     from seqrec.config import EvalConfig
     from seqrec.evaluation.evaluator import evaluate
 
-    one = launch(tmp_path, "one", prepared["one"], ["--model", "sasrec"])
-    four = launch(tmp_path, "four", prepared["four"], ["--model", "sasrec"])
+    extra = ["--model", "sasrec", "--set", "train.checkpoint_every=5", "--set", "train.keep_last=10"]
+    one = launch(tmp_path, "one", prepared["one"], extra)
+    four = launch(tmp_path, "four", prepared["four"], extra)
     assert_same_training(one, four, tmp_path)
+
+    # Mid-epoch resume on the sharded data (7 steps per epoch: step 10 is the 3rd batch of epoch
+    # 2): the sharded run cut back to its step-10 checkpoint and resumed ends bit-equal.
+    cut = tmp_path / "resumed"
+    shutil.copytree(four, cut)
+    for ckpt in (cut / "checkpoints").glob("step-*"):
+        if int(ckpt.name.split("-")[1]) > 10:
+            shutil.rmtree(ckpt)
+    shutil.rmtree(cut / "best")
+    (cut / "best_metrics.json").unlink()
+    lines = (cut / "valid_history.jsonl").read_text().splitlines()
+    (cut / "valid_history.jsonl").write_text("".join(f"{x}\n" for x in lines if json.loads(x)["step"] <= 10))
+    (tmp_path / "resumed-logs").mkdir()
+    launch(tmp_path, "resumed", prepared["four"], [*extra, "--set", "train.resume=auto"], fresh=False)
+    log = (tmp_path / "resumed-logs" / "rank0.log").read_text(errors="replace")
+    assert "(step 10, epoch 1, batch 3)" in log, log[-3000:]  # really resumed mid-epoch
+    a, b = tensors_of(four / "checkpoints" / "step-21"), tensors_of(cut / "checkpoints" / "step-21")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=f"resumed {k}")
+    assert (cut / "valid_history.jsonl").read_text() == (four / "valid_history.jsonl").read_text()
     # The ranks' gathered validation is one process's evaluation of every validation user.
     data = PreparedData.load(prepared["one"])
     model = SASRec.from_pretrained(one / "best")
