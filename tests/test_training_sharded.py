@@ -246,6 +246,9 @@ def assert_same_training(one: Path, four: Path, tmp_path: Path) -> None:
 def test_sasrec_sharded_trains_like_unsharded_on_two_processes(
     prepared: dict[str, Path], tmp_path: Path
 ) -> None:
+    """SASRec, 2 ranks, DDP over gloo: the 4-shard directory (each rank reading only its 2 parts)
+    and the unsharded one give bit-equal weights and the same validation every epoch; a mid-epoch
+    resume of the sharded run is bit-equal; the gathered validation equals one process's."""
     from seqrec.baselines.sasrec import SASRec
     from seqrec.baselines.sequences import eval_loader
     from seqrec.config import EvalConfig
