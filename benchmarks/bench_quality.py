@@ -187,6 +187,7 @@ def run_model(suite: str, name: str, seed: int, runs: Path, data: Path) -> dict:
         "protocol": metrics.get("protocol"),
         "slices": metrics.get("slices"),
         "valid_ndcg@10": _valid_ndcg(out),
+        "cold_boost": _cold_boost(out),
     }
     done.write_text(json.dumps(result, indent=1))
     return result
@@ -196,6 +197,23 @@ def _valid_ndcg(out: Path) -> float | None:
     """The run's best validation NDCG@10 (what training or the fusion weight was selected on)."""
     best = out / "best_metrics.json"
     return json.loads(best.read_text())["metrics"]["ndcg@10"] if best.is_file() else None
+
+
+def _cold_boost(out: Path) -> dict | None:
+    """The new-item boost chosen on validation (model.items.cold_boost_grid), with its cost."""
+    path = out / "best" / "cold_boost.json"
+    if not path.is_file():
+        return None
+    spec = json.loads(path.read_text())
+    rows = {r["boost"]: r for r in spec["grid"]}
+    chosen, off = rows[spec["chosen"]], rows.get(0.0)
+    return {
+        "chosen": spec["chosen"],
+        "valid_ndcg@10": chosen["metrics"]["ndcg@10"],
+        "valid_cold_over_warm": chosen["cold_over_warm"],
+        "valid_ndcg@10_without": off["metrics"]["ndcg@10"] if off else None,
+        "valid_cold_over_warm_without": off["cold_over_warm"] if off else None,
+    }
 
 
 def select_main(suite: str, results: dict[str, list[dict]]) -> str | None:
@@ -251,6 +269,7 @@ def summarize(suite: str, seeds: list[int], results: dict[str, list[dict]], comm
         "configs": {name: f"train/configs/{SUITES[suite]['models'][name]}.yaml" for name in results},
         "per_model_commands": {name: runs[0]["command"] for name, runs in results.items()},
         "slices": slices,
+        "runs": {name: [{"cold_boost": r.get("cold_boost")} for r in runs] for name, runs in results.items()},
         **target,
         **table,
     }
@@ -331,6 +350,23 @@ def write_markdown(summary: dict, models: list[str], path: Path) -> None:
     if any(v is not None for v in ratios.values()):
         lines += ["", "Cold / warm NDCG@10 per model (target for seqrec: >= 0.5, and above popularity on cold): "
                   + ", ".join(f"{n} {v:.2f}" for n, v in ratios.items() if v is not None) + "."]  # fmt: skip
+    boosts = {n: runs[0].get("cold_boost") for n, runs in summary["runs"].items()}
+    if any(boosts.values()):
+        lines += [
+            "",
+            "New-item boost (`model.items.cold_boost`, chosen on validation; seed 0): what it costs and gives on VALIDATION:",
+            "",
+        ]
+        lines += [
+            "| model | boost | valid NDCG@10 without -> with | valid cold/warm without -> with |",
+            "|---|---:|---:|---:|",
+        ]
+        for n, b in boosts.items():
+            if b:
+                lines.append(
+                    f"| {n} | {b['chosen']:g} | {b['valid_ndcg@10_without']:.4f} -> {b['valid_ndcg@10']:.4f} | "
+                    f"{b['valid_cold_over_warm_without']:.2f} -> {b['valid_cold_over_warm']:.2f} |"
+                )
     lines += ["", "Configs: " + ", ".join(f"{n}: `{summary['configs'][n]}`" for n in models)]
     lines += ["", "Per-model training commands (seed 0):", ""]
     lines += [f"- {name}: `{summary['per_model_commands'][name]}`" for name in models]

@@ -204,6 +204,17 @@ def fit_popularity(cfg: RunConfig, data: PreparedData) -> TrainResult:
     )
 
 
+def _choose_cold_boost(cfg: RunConfig, data: PreparedData, best_dir: Path, accelerator: Accelerator) -> None:
+    """model.items.cold_boost_grid: pick the new-item boost on validation (main process only)."""
+    if not cfg.model.items.cold_boost_grid:
+        return
+    if accelerator.is_main_process:
+        from seqrec.training.cold_boost import choose_cold_boost
+
+        choose_cold_boost(cfg, data, best_dir)
+    accelerator.wait_for_everyone()
+
+
 # ---- the entry --------------------------------------------------------------------------------
 
 
@@ -264,6 +275,8 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
         accelerator=accelerator,
     )
     result = trainer.train()
+    if cfg.train.model == "seqrec" and result.exit_code == 0 and result.best_dir is not None:
+        _choose_cold_boost(cfg, data, result.best_dir, accelerator)
     if end_process_group:
         accelerator.end_training()
     return result
