@@ -145,14 +145,14 @@ def run_model(suite: str, name: str, seed: int, runs: Path, data: Path) -> dict:
     done = out / "result.json"
     if done.is_file():
         return {**json.loads(done.read_text()), "valid_ndcg@10": _valid_ndcg(out)}
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # `seqrec train` creates `out` (it refuses foreign files)
     # A cache location only (features are rebuilt when their settings differ): no result changes.
     cache = f"train.features_dir={runs / suite / 'features'}"
     train_cmd = seqrec(
         "train", "--config", str(CONFIGS / f"{config}.yaml"), "--data", str(data), "--output", str(out),
         "--resume", "auto", f"train.seed={seed}", cache,
     )  # fmt: skip
-    log = out / "bench.log"
+    log = out.parent / f"{config}.log"  # beside the run folder, not in it
     trained = out / "train.json"  # written once training ended: a rerun evaluates, never retrains
     if trained.is_file():
         train = json.loads(trained.read_text())
