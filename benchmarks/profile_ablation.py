@@ -189,9 +189,13 @@ def write_markdown(summary: dict, with_: str, without: str, path: Path) -> None:
         lines.append(
             f"| {key} | {u['users']} | {u['mean_diff']:+.4f} | [{u['ci95'][0]:+.4f}, {u['ci95'][1]:+.4f}] |"
         )
-    verdict = (
-        "helps beyond seed noise" if summary["profile_helps_beyond_noise"] else "does NOT help beyond noise"
-    )
+    test = summary["paired_over_seeds"]["test ndcg@10"]
+    if summary["profile_helps_beyond_noise"]:
+        verdict = "helps beyond seed noise"
+    elif test["mean_diff"] < 0 and test["beyond_seed_noise"]:
+        verdict = "does NOT help: it lowers test NDCG@10 beyond seed noise"
+    else:
+        verdict = "does NOT help beyond noise"
     lines += ["", f"Verdict (test NDCG@10, paired t and user bootstrap): profile fusion {verdict}."]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
