@@ -47,12 +47,19 @@ REAL = [
 ]
 
 
-def run_child(cmd: list[str]) -> tuple[float, float, str]:
-    """(wall seconds, the child's peak RSS in MiB, stderr) of one command."""
+def run_child(cmd: list[str], log: Path | None = None) -> tuple[float, float, str]:
+    """(wall seconds, the child's peak RSS in MiB, stderr) of one command; with `log`, stderr is
+    written to that file as it comes (to follow a long run) and read back at the end."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
-    stderr = proc.stderr.read().decode() if proc.stderr else ""
-    _, status, usage = os.wait4(proc.pid, 0)
+    if log is not None:
+        with log.open("wb") as f:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=f, cwd=ROOT)
+            _, status, usage = os.wait4(proc.pid, 0)
+        stderr = log.read_text(errors="replace")
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT)
+        stderr = proc.stderr.read().decode() if proc.stderr else ""
+        _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"failed: {shlex.join(cmd)}\n{stderr[-3000:]}")

@@ -4,7 +4,9 @@ For each size: ``seqrec data synth --events N --raw-only`` and ``seqrec data pre
 duckdb`` (outside the timing), then ``seqrec train --model sasrec train.epochs=1`` in a child
 process (sampled softmax: the catalogue is above sasrec.sampled_above for the larger sizes;
 validation on ``--eval-users`` users), whose peak RSS (os.wait4) and logged samples/s are
-recorded; everything generated is deleted afterwards. Results: benchmarks/results/train_scale.{json,md}.
+recorded; everything generated is deleted afterwards. Results: benchmarks/results/train_scale.{json,md}
+(rows of other sizes already there are kept). ``--max-minutes M`` bounds the training time
+(train.max_minutes): the row then records the steps done and is marked as a partial epoch.
 
     .venv/bin/python benchmarks/bench_train_scale.py --events 1000000 10000000 --work /big/disk
 """
@@ -36,7 +38,7 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     raw = folder / "raw" / "UserBehavior.csv"
     data = folder / "prepared"
     run_child([*seqrec, "data", "prepare", "--source", "taobao", "--input", str(raw), "--out", str(data),
-               "--engine", "duckdb", "--quiet"])  # fmt: skip
+               "--engine", "duckdb", "--threads", "1", "--quiet"])  # fmt: skip
     raw.unlink()
     report = json.loads((data / "report.json").read_text())
     cmd = [
@@ -44,8 +46,12 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "train.epochs=1", f"train.batch_size={args.batch_size}", f"train.eval_max_users={args.eval_users}",
         "train.tracker=none", "train.log_every=20", "train.num_workers=0",
     ]  # fmt: skip
-    wall, rss, stderr = run_child(cmd)
+    if args.max_minutes > 0:
+        cmd.append(f"train.max_minutes={args.max_minutes}")
+    wall, rss, stderr = run_child(cmd, log=work / f"train-{n_events}.log")
     rates = [float(x) for x in re.findall(r"([0-9.]+) samples/s", stderr)]
+    planned = re.search(r"training (\d+) steps \((\d+) per epoch", stderr)
+    done = re.search(r"training (\w+) after (\d+) steps", stderr)
     shutil.rmtree(folder, ignore_errors=True)
     row = {
         "events": n_events,
@@ -57,6 +63,10 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
         "peak_rss_mib": round(rss, 1),
         "batch_size": args.batch_size,
         "eval_users": args.eval_users,
+        "steps": int(done.group(2)) if done else None,
+        "steps_per_epoch": int(planned.group(2)) if planned else None,
+        "stop_reason": done.group(1) if done else None,
+        "max_minutes": args.max_minutes,
     }
     print(json.dumps(row), flush=True)
     return row
@@ -74,14 +84,21 @@ def markdown(result: dict[str, Any]) -> str:
         "figures; peak RSS is the child's maximum resident set size. Above 100,000 items SASRec uses its "
         "sampled softmax (sasrec.loss=auto).",
         "",
-        "| events | users | items | wall (s) | samples/s | peak RSS (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| events | users | items | steps (of the epoch) | wall (s) | samples/s | peak RSS (MiB) | command |",
+        "|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
-        lines.append(
-            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['wall_s']:,.1f} | "
-            f"{r['samples_per_s_median']} | {r['peak_rss_mib']:,.0f} |"
+        steps = (
+            "all"
+            if r.get("stop_reason") in (None, "completed")
+            else f"{r['steps']:,} of {r['steps_per_epoch']:,}"
         )
+        lines.append(
+            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {steps} | {r['wall_s']:,.1f} | "
+            f"{r['samples_per_s_median']} | {r['peak_rss_mib']:,.0f} | `{r.get('command', result['command'])}` "
+            f"({r.get('date', result['date'])}) |"
+        )
+    lines += ["", *result.get("notes", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -93,18 +110,32 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp", help="Folder for the generated data.")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument(
+        "--max-minutes", type=float, default=0.0, help="Bound the training time (0: a full epoch)."
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    rows = [bench(n, work, args) for n in sorted(args.events)]
+    command = "python benchmarks/bench_train_scale.py " + shlex.join(sys.argv[1:])
+    out = Path(args.out)
+    old = json.loads((out / "train_scale.json").read_text()) if (out / "train_scale.json").is_file() else {}
+    kept = {r["events"]: r for r in old.get("rows", [])}
+    for r in kept.values():  # rows of earlier commands keep theirs
+        r.setdefault("command", old.get("command"))
+        r.setdefault("date", old.get("date"))
+    for n in sorted(args.events):
+        row = bench(n, work, args)
+        row["command"] = command
+        row["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        kept[n] = row
     result = {
-        "command": "python benchmarks/bench_train_scale.py " + shlex.join(sys.argv[1:]),
+        "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "rows": rows,
+        "rows": [kept[n] for n in sorted(kept)],
+        "notes": old.get("notes", []),
     }
-    out = Path(args.out)
     (out / "train_scale.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "train_scale.md").write_text(markdown(result))
     print(markdown(result))

@@ -31,14 +31,30 @@ TRIES = [
         "beauty-fusion",
         "late fusion SASRec-CE + seqrec text, z-scored scores, weight on validation (EnsRec)",
     ),
+    (
+        "beauty",
+        "beauty-fusion-hybrid",
+        "late fusion SASRec-CE + seqrec hybrid, z-scored scores, weight on validation (EnsRec)",
+    ),
+    ("beauty-10ep", "beauty-sasrec-10ep", "10-epoch budget: SASRec-CE"),
+    ("beauty-10ep", "beauty-hybrid-10ep", "10-epoch budget: seqrec hybrid"),
+    ("beauty-10ep", "beauty-fusion-hybrid-10ep", "10-epoch budget: late fusion SASRec-CE + hybrid"),
     ("beauty-cold", "beauty-sasrec", "cold suite: SASRec-CE"),
     (
         "beauty-cold",
         "beauty-text",
         "cold suite: seqrec text, held-out items still negatives in the softmax (dropped: cold slice near 0)",
     ),
-    ("beauty-cold", "beauty-cold-text", "cold suite: seqrec text, training softmax over seen items only"),
-    ("beauty-cold", "beauty-cold-hybrid", "cold suite: seqrec hybrid, training softmax over seen items only"),
+    (
+        "beauty-cold",
+        "beauty-cold-text",
+        "cold suite: seqrec text, training softmax over seen items only, new-item boost chosen on validation",
+    ),
+    (
+        "beauty-cold",
+        "beauty-cold-hybrid",
+        "cold suite: seqrec hybrid, training softmax over seen items only, new-item boost chosen on validation",
+    ),
 ]
 NOT_RUN = [
     (
@@ -79,7 +95,20 @@ def collect(runs: Path, seed: int) -> list[dict]:
             spec = json.loads(fusion.read_text())
             row["fusion_weights"] = spec["weights"]
             row["fusion_grid"] = [
-                {"text_weight": r["weight"], "valid_ndcg@10": r["ndcg@10"]} for r in spec["validation"]
+                {"second_member_weight": r["weight"], "valid_ndcg@10": r["ndcg@10"]}
+                for r in spec["validation"]
+            ]
+        boost = folder / "best" / "cold_boost.json"
+        if boost.is_file():
+            spec = json.loads(boost.read_text())
+            row["cold_boost"] = spec["chosen"]
+            row["cold_boost_grid"] = [
+                {
+                    "boost": r["boost"],
+                    "valid_ndcg@10": r["metrics"]["ndcg@10"],
+                    "valid_cold_over_warm": r["cold_over_warm"],
+                }
+                for r in spec["grid"]
             ]
         result = folder / "result.json"
         if result.is_file():
@@ -115,6 +144,8 @@ def main() -> int:
             r["status"] = "kept (best on validation)" if r is best else "dropped (lower validation NDCG@10)"
             if r["config"].endswith("beauty-sasrec.yaml"):
                 r["status"] = "baseline"
+        elif r["suite"] == "beauty-10ep" and r.get("valid_ndcg@10") is not None:
+            r["status"] = "longer-budget row" + (" (baseline)" if "sasrec" in r["config"] else "")
         elif r.get("valid_ndcg@10") is not None:
             r["status"] = "cold-start benchmark row"
     out = {"seed": args.seed, "selection": "validation NDCG@10 (4,000 fixed validation users)", "tries": rows,
@@ -138,9 +169,25 @@ def main() -> int:
         )
     for r in rows:
         if "fusion_grid" in r:
-            md += ["", f"Late fusion grid ({r['suite']}), text weight -> validation NDCG@10:", ""]
-            md += ["| text weight | valid NDCG@10 |", "|---:|---:|"]
-            md += [f"| {g['text_weight']:.1f} | {g['valid_ndcg@10']:.4f} |" for g in r["fusion_grid"]]
+            md += [
+                "",
+                f"Late fusion grid (`{r['config']}`), weight of the second member -> validation NDCG@10:",
+                "",
+            ]
+            md += ["| second member's weight | valid NDCG@10 |", "|---:|---:|"]
+            md += [
+                f"| {g['second_member_weight']:.1f} | {g['valid_ndcg@10']:.4f} |" for g in r["fusion_grid"]
+            ]
+        if "cold_boost_grid" in r:
+            md += ["", f"New-item boost grid (`{r['config']}`; chosen: {r['cold_boost']:g}, the best validation "
+                   "NDCG@10 with validation cold/warm >= 0.5):", ""]  # fmt: skip
+            md += ["| boost | valid NDCG@10 | valid cold/warm NDCG@10 |", "|---:|---:|---:|"]
+            md += [
+                f"| {g['boost']:g} | {g['valid_ndcg@10']:.4f} | "
+                + ("" if g["valid_cold_over_warm"] is None else f"{g['valid_cold_over_warm']:.2f}")
+                + " |"
+                for g in r["cold_boost_grid"]
+            ]
     md += ["", "Not run:", ""] + [f"- {m}: {w}" for m, w in NOT_RUN]
     (RESULTS / "beauty_tries.md").write_text("\n".join(md) + "\n", encoding="utf-8")
     print("\n".join(md))

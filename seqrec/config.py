@@ -333,6 +333,23 @@ class ItemTowerConfig:
         "Items with no training event: keep their (never trained) ID embeddings, or zero them so "
         "they score from text alone (hybrid).",
     )
+    cold_boost: float = _f(
+        0.0,
+        "Added to the score of every item with no training event, in units of the user's score "
+        "standard deviation over the catalogue (a new-item exposure knob; 0 = off). Set by "
+        "cold_boost_grid when that is given.",
+    )
+    cold_boost_grid: list[float] = _f(
+        [],
+        "After training, choose cold_boost on VALIDATION from this grid (empty = keep cold_boost): "
+        "the best validation NDCG@10 among values whose cold/warm validation NDCG@10 reaches "
+        "cold_boost_min_ratio. The chosen value is saved with the best model.",
+    )
+    cold_boost_min_ratio: float = _f(
+        0.0,
+        "cold_boost_grid's constraint: validation NDCG@10 of users whose target has no training "
+        "event over that of the others (0 = no constraint: plain best validation NDCG@10).",
+    )
 
 
 @dataclass
@@ -789,6 +806,8 @@ _RANGES: list[tuple[str, float, float, bool]] = [
     ("model.fusion.dropout", 0.0, 1.0, True),
     ("model.items.cache_refresh_steps", 0, float("inf"), True),
     ("model.items.id_dropout", 0.0, 1.0, True),
+    ("model.items.cold_boost", 0.0, float("inf"), True),
+    ("model.items.cold_boost_min_ratio", 0.0, float("inf"), True),
     ("model.head.dim", 1, float("inf"), True),
     ("model.head.num_negatives", 1, float("inf"), True),
     ("model.head.pointwise_weight", 0.0, float("inf"), True),
@@ -836,3 +855,7 @@ def check_ranges(cfg: RunConfig) -> None:
     weights = {k: v for k, v in cfg.model.head.behavior_weights.items() if not v >= 0}
     if weights:
         raise ConfigError(f"model.head.behavior_weights must be >= 0, got {weights}")
+    if any(not b >= 0 for b in cfg.model.items.cold_boost_grid):
+        raise ConfigError(
+            f"model.items.cold_boost_grid values must be >= 0, got {cfg.model.items.cold_boost_grid}"
+        )

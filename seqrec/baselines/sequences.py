@@ -38,6 +38,10 @@ class TrainSequences(Dataset[ItemSeq]):
     def __len__(self) -> int:
         return len(self.users)
 
+    def owner_ranks(self, world: int) -> np.ndarray:
+        """[len] the rank that owns each example's user (its training loop samples only its own)."""
+        return self.data.owner_ranks(world)[self.users]
+
     def __getitem__(self, i: int) -> ItemSeq:
         u = int(self.users[i])
         items, _, _ = self.data.sequence(u)

@@ -54,7 +54,9 @@ def data_fingerprint(data: PreparedData) -> str:
     """Identifies a prepared data set's content cheaply (meta + file sizes and times)."""
     h = hashlib.sha256(json.dumps(data.meta, sort_keys=True, default=str).encode())
     if data.path is not None:
-        for name in ("events.parquet", "items.parquet", "users.parquet"):
+        for name in ("events.parquet", "items.parquet", "users.parquet", "shards.json"):
+            if name in ("events.parquet", "shards.json") and not (data.path / name).is_file():
+                continue  # one or the other: sharded events (prepare --shards N) have shards.json
             st = (data.path / name).stat()
             h.update(f"{name}:{st.st_size}:{st.st_mtime_ns}".encode())
     else:
@@ -182,12 +184,20 @@ class SeqRecDataset(Dataset):
         self.random_cut = split == "train" and cfg.train.train_cut == "random"
         self.epoch = 0
         self.renderer: Renderer | None = make_renderer(data, cfg) if tokens is not None else None
-        self._inputs: list[UserInput] | None = (
-            None if self.random_cut else [self._input(u) for u in self.users]
-        )
+        if data.loaded is not None and tokens is not None:
+            raise ValueError(
+                "the joint stage tokenizes every user's windows up front: it needs the whole data"
+            )
+        # Partial data (one rank's shards): inputs are made when read, and a rank reads only its own.
+        lazy = self.random_cut or data.loaded is not None
+        self._inputs: list[UserInput] | None = None if lazy else [self._input(u) for u in self.users]
         self._token_cache: Any = None
         if tokens is not None and cache and not self.random_cut:
             self._token_cache = self._build_token_cache()
+
+    def owner_ranks(self, world: int) -> np.ndarray:
+        """[len] the rank that owns each example's user (its training loop samples only its own)."""
+        return self.data.owner_ranks(world)[self.users]
 
     # ---- inputs --------------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:

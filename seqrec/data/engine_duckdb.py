@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import hashlib
 import json
 import os
 import re
@@ -60,6 +59,7 @@ from seqrec.data.schema import (
     ProfileSpec,
     write_prepared,
 )
+from seqrec.data.shards import owner_ranks, user_hashes
 from seqrec.data.sources import read_source
 from seqrec.data.sources.canonical import TIME_UNITS, canonical_items, canonical_users
 from seqrec.data.sources.files import FORMATS, _first_record, detect_format, read_table, suggest_columns
@@ -999,12 +999,8 @@ def write_events(con: Any, query: str, path: Path) -> int:
 
 
 def user_shards(user_ids: np.ndarray, shards: int) -> np.ndarray:
-    """[U] shard of each user: int.from_bytes(md5(user_id)[:8], "big") % shards."""
-    return np.fromiter(
-        (int.from_bytes(hashlib.md5(str(u).encode("utf-8")).digest()[:8], "big") % shards for u in user_ids),
-        dtype=np.int32,
-        count=len(user_ids),
-    )
+    """[U] shard of each user: int.from_bytes(md5(user_id)[:8], "big") % shards (seqrec/data/shards.py)."""
+    return owner_ranks(user_hashes(user_ids), shards).astype(np.int32)
 
 
 EVENT_COLUMNS = "user_idx, item_idx, timestamp, behavior, value, row"

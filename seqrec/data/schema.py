@@ -110,6 +110,12 @@ class PreparedData:
     profile_num: np.ndarray  # [U, F] float32
     profile_spec: ProfileSpec
     path: Path | None = None
+    # [U] bool: users whose events are loaded (None = all). A rank of a multi-process run loads
+    # only its own users' events from a sharded directory (seqrec/data/shards.py); the global
+    # tables (meta, items, users, profiles) are always whole.
+    loaded: np.ndarray | None = None
+    item_counts: np.ndarray | None = None  # global train_item_counts() when events are partial
+    _hashes: np.ndarray | None = field(default=None, repr=False)
 
     # ---- sizes and names -------------------------------------------------------------------
     @property
@@ -139,6 +145,10 @@ class PreparedData:
     # ---- sequences and splits ----------------------------------------------------------------
     def sequence(self, user_idx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(items, timestamps, behaviours) of one user's whole time-ordered history (views)."""
+        if self.loaded is not None and not self.loaded[user_idx]:
+            raise DataError(
+                f"user {user_idx}'s events are not loaded in this process (another rank owns them)"
+            )
         a, b = self.offsets[user_idx], self.offsets[user_idx + 1]
         return self.seq_items[a:b], self.seq_times[a:b], self.seq_behaviors[a:b]
 
@@ -165,15 +175,44 @@ class PreparedData:
 
     def train_item_counts(self) -> np.ndarray:
         """[n_items] event counts in the training part only (popularity, log-Q, cold-item slices)."""
+        if self.item_counts is not None:
+            return self.item_counts
+        if self.loaded is not None:
+            raise DataError(
+                "this process holds only its own users' events: set item_counts (summed over ranks)"
+            )
+        return self.local_item_counts()
+
+    def local_item_counts(self) -> np.ndarray:
+        """[n_items] training-part event counts of the users loaded here (all users unless partial)."""
         ends = self.users["train_end"].to_numpy()
         pos = np.arange(self.n_events) - np.repeat(self.offsets[:-1], np.diff(self.offsets))
         in_train = pos < np.repeat(ends, np.diff(self.offsets))
         return np.bincount(self.seq_items[in_train], minlength=self.n_items).astype(np.int64)
 
+    def user_hashes(self) -> np.ndarray:
+        """[U] uint64 user-hash of each user (the shard and rank rule of seqrec/data/shards.py)."""
+        if self._hashes is None:
+            from seqrec.data.shards import user_hashes
+
+            self._hashes = user_hashes(self.users["user_id"].to_numpy(object))
+        return self._hashes
+
+    def owner_ranks(self, world: int) -> np.ndarray:
+        """[U] the rank that owns each user in a run of `world` processes."""
+        from seqrec.data.shards import owner_ranks
+
+        return owner_ranks(self.user_hashes(), world)
+
     # ---- loading ----------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path) -> PreparedData:
-        """Read a prepared directory, checking that it is complete."""
+    def load(cls, path: str | Path, rank: int = 0, world: int = 1) -> PreparedData:
+        """Read a prepared directory, checking that it is complete.
+
+        With ``world > 1`` and a sharded directory (``prepare --shards N``), only the event shards
+        that can hold users of `rank` are read, and only its own users' events kept (`loaded`);
+        `item_counts` must then be set from all ranks before ``train_item_counts()`` is used.
+        Unsharded events are read whole whatever `rank`."""
         path = Path(path)
         if not path.is_dir():
             raise DataError(f"prepared data directory not found: {path}")
@@ -195,7 +234,11 @@ class PreparedData:
             )
         items = pd.read_parquet(path / ITEMS_FILE)
         users = pd.read_parquet(path / USERS_FILE)
-        events = read_events(path)
+        loaded = None
+        if world > 1 and (path / "shards.json").is_file() and not (path / EVENTS_FILE).is_file():
+            events, loaded = read_rank_events(path, users["user_id"].to_numpy(object), rank, world)
+        else:
+            events = read_events(path)
         spec = ProfileSpec()
         profiles = None
         if (path / PROFILE_SPEC_FILE).is_file():
@@ -204,6 +247,7 @@ class PreparedData:
             profiles = pd.read_parquet(path / PROFILES_FILE)
         data = cls.from_frames(meta, items, users, events, profiles, spec)
         data.path = path
+        data.loaded = loaded
         return data
 
     @classmethod
@@ -260,6 +304,50 @@ def read_events(path: Path) -> pd.DataFrame:
     events = pd.concat(parts, ignore_index=True)
     order = np.argsort(events["user_idx"].to_numpy(), kind="stable")
     return events.iloc[order].reset_index(drop=True)
+
+
+EVENT_READ_COLUMNS = ["user_idx", "item_idx", "timestamp", "behavior"]
+
+
+def read_rank_events(
+    path: Path, user_ids: np.ndarray, rank: int, world: int
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The events of `rank`'s users from the shards that can hold them (seqrec/data/shards.py),
+    memory-mapped files read column by column; returns (events sorted by user, [U] loaded mask)."""
+    import logging
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from seqrec.data.shards import owner_ranks, rank_shard_files, reads_only_own_users, shard_manifest
+    from seqrec.data.shards import user_hashes as hashes_of
+
+    manifest = shard_manifest(path)
+    assert manifest is not None
+    files = rank_shard_files(manifest, rank, world)
+    owned = owner_ranks(hashes_of(user_ids), world) == rank
+    tables = [pq.read_table(path / f, columns=EVENT_READ_COLUMNS, memory_map=True) for f in files]
+    table = pa.concat_tables(tables) if tables else None
+    events = (
+        table.to_pandas()
+        if table is not None
+        else pd.DataFrame({c: np.zeros(0, np.int64) for c in EVENT_READ_COLUMNS})
+    )
+    if not reads_only_own_users(manifest, world):
+        events = events[owned[events["user_idx"].to_numpy()]]
+    order = np.argsort(events["user_idx"].to_numpy(), kind="stable")  # parts are each sorted already
+    events = events.iloc[order].reset_index(drop=True)
+    logging.getLogger(__name__).info(
+        "rank %d of %d reads %d of %d event shards (%s): %d users, %d events",
+        rank,
+        world,
+        len(files),
+        int(manifest["shards"]),
+        ", ".join(Path(f).name for f in files),
+        int(owned.sum()),
+        len(events),
+    )
+    return events, owned
 
 
 def write_prepared(

@@ -167,6 +167,7 @@ def attach_catalogue(model: Any, data: Any, cfg: Any) -> None:
     from seqrec.data.collate import catalogue_inputs
 
     item_tokens, item_features = catalogue_inputs(model, data, cfg)
+    model.set_item_prior(data.train_item_counts())  # which items are new (model.items.cold_boost)
     if item_tokens is not None:
         model.set_item_tokens(item_tokens)
     if item_features is not None:

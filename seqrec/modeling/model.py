@@ -513,9 +513,24 @@ class SeqRecModel(nn.Module):
         assert self._eval_items is not None
         return self._eval_items
 
-    def score_batch(self, batch: Batch) -> torch.Tensor:
-        """[B, n_items] scores user . item / temperature (no history masking here)."""
+    def raw_scores(self, batch: Batch) -> torch.Tensor:
+        """[B, n_items] user . item / temperature, before the new-item boost."""
         return self.head.logits(self.user_embeddings(batch), self._catalogue())
+
+    def score_batch(self, batch: Batch) -> torch.Tensor:
+        """[B, n_items] scores: raw_scores with new items boosted (no history masking here)."""
+        return self.boost_cold(self.raw_scores(batch))
+
+    def boost_cold(self, scores: torch.Tensor, boost: float | None = None) -> torch.Tensor:
+        """scores [B, n_items] + boost x each row's std on items without training events
+        (``model.items.cold_boost`` unless `boost` is given; see seqrec/training/cold_boost.py).
+        Scaled by the row's spread so one value means the same for every user and temperature."""
+        boost = self.spec.model.items.cold_boost if boost is None else boost
+        if boost == 0:
+            return scores
+        cold = (~self.item_seen).to(scores.device, scores.dtype)  # [n_items]
+        spread = scores.float().std(dim=-1, keepdim=True).to(scores.dtype)  # [B, 1]
+        return scores + boost * spread * cold
 
     def pointwise_scores(self, user_emb: torch.Tensor, item_idx: torch.Tensor) -> torch.Tensor:
         """Re-ranking logits [B, C] of the pointwise scorer for candidates item_idx [B, C] (or [C])."""

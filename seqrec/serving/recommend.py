@@ -124,6 +124,7 @@ class Recommender:
     ):
         self.model = model.eval()
         self.data = data
+        model.set_item_prior(data.train_item_counts())  # which items are new (model.items.cold_boost)
         self.encoder = IncrementalEncoder(model, data, cache)
         if item_vectors is None:
             item_vectors = self._catalogue_vectors()
@@ -181,6 +182,7 @@ class Recommender:
         enc = self.encoder.update(user_id, events, allow_new=bool(events))
         state = self.encoder.history(user_id)
         scores = (self.item_vectors @ enc.vector) * self.scale  # [n_items]
+        scores = self.model.boost_cold(scores.unsqueeze(0))[0].to(self.item_vectors.device)
         if not include_seen:
             scores[torch.from_numpy(np.unique(state.items))] = float("-inf")
         k = min(k, int(torch.isfinite(scores).sum()))

@@ -61,7 +61,7 @@ from seqrec.training.checkpoint import (
 )
 from seqrec.training.distributed import control_group, loader_settings, make_accelerator
 from seqrec.training.preemption import PREEMPTED_EXIT_CODE, STOP_SIGNAL, STOP_TIME_BUDGET, StopFlag
-from seqrec.training.sampler import EpochShuffleSampler
+from seqrec.training.sampler import EpochShuffleSampler, RankOwnedEpochSampler
 from seqrec.training.trackers import Progress, StepMeter, batch_size_of, init_trackers, peak_memory_mb
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ class Trainer:
         from transformers import get_scheduler
 
         acc, tc = self.accelerator, self.tc
-        self.sampler = EpochShuffleSampler(len(self.train_dataset), tc.seed)  # type: ignore[arg-type]
+        self.sampler = self._make_sampler()
         workers, pin = loader_settings(tc, acc.device.type)
         loader = DataLoader(
             self.train_dataset,
@@ -187,6 +187,21 @@ class Trainer:
         skip_frozen_parameters(acc)
         self.unwrapped = acc.unwrap_model(self.model)
         self.is_deepspeed = acc.distributed_type.value == "DEEPSPEED"
+
+    def _make_sampler(self) -> EpochShuffleSampler | RankOwnedEpochSampler:
+        """One global shuffle that accelerate deals out; or, with several processes and a dataset
+        that names each example's owning rank (``owner_ranks(world)``), each rank's own examples
+        (seqrec/training/sampler.py), so a rank needs only its own users' data."""
+        acc, tc = self.accelerator, self.tc
+        owner_ranks = getattr(self.train_dataset, "owner_ranks", None)
+        if acc.num_processes > 1 and callable(owner_ranks):
+            try:
+                return RankOwnedEpochSampler(
+                    owner_ranks(acc.num_processes), acc.num_processes, tc.batch_size, tc.seed
+                )
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
+        return EpochShuffleSampler(len(self.train_dataset), tc.seed)  # type: ignore[arg-type]
 
     # ---- the loop -------------------------------------------------------------------------------
     def train(self) -> TrainResult:

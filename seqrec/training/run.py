@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
@@ -70,6 +70,50 @@ def validation_users(data: PreparedData, max_users: int, seed: int) -> np.ndarra
     return np.sort(users[pick])
 
 
+def rank_users(
+    data: PreparedData,
+    users: np.ndarray | None,
+    rank: int,
+    world: int,
+    split: Literal["valid", "test"] = "valid",
+) -> np.ndarray:
+    """The evaluation users of `rank`: those it owns (seqrec/data/shards.py), repeated from the
+    start up to the largest rank's count, so every rank makes the same number of scoring calls
+    (collectives stay in lock-step, ZeRO-3 included); the evaluator gathers the per-user rows and
+    counts each user once, so the metrics are those of one process scoring every user."""
+    users = data.eval_users(split) if users is None else np.asarray(users, dtype=np.int64)
+    if world == 1:
+        return users
+    owner = data.owner_ranks(world)[users]
+    most = int(np.bincount(owner, minlength=world).max())
+    own = users[owner == rank]
+    if len(own) == 0:
+        raise ConfigError(
+            f"rank {rank} of {world} owns none of the {len(users)} {split} users: use fewer processes "
+            "or more validation users (train.eval_max_users)"
+        )
+    return np.tile(own, -(-most // len(own)))[:most]
+
+
+def load_training_data(cfg: RunConfig, accelerator: Accelerator) -> PreparedData:
+    """The prepared data for this rank: only its own users' event shards when the directory is
+    sharded, the run has several processes and the model needs no other user's events (SASRec
+    and the seqrec head stage, with full-ranking validation); otherwise the whole data. Global
+    item counts are summed over the ranks (each counts its own users)."""
+    import torch
+
+    from seqrec.data.schema import PreparedData
+
+    head = cfg.train.model == "seqrec" and cfg.train.stage == "head"
+    partial = (cfg.train.model == "sasrec" or head) and cfg.eval.protocol == "full"
+    rank, world = (accelerator.process_index, accelerator.num_processes) if partial else (0, 1)
+    data = PreparedData.load(cfg.data_dir, rank=rank, world=world)
+    if data.loaded is not None:
+        local = torch.from_numpy(data.local_item_counts()).to(accelerator.device)
+        data.item_counts = accelerator.reduce(local, reduction="sum").cpu().numpy()
+    return data
+
+
 # ---- SASRec ------------------------------------------------------------------------------------
 
 
@@ -81,10 +125,9 @@ def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) 
 
     model = SASRec(data.n_items, cfg.sasrec)
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
-    # Each rank scores its share of the users; the evaluator gathers and de-duplicates.
-    loader = accelerator.prepare_data_loader(
-        eval_loader(data, "valid", cfg.sasrec.max_len, cfg.eval.batch_size, users), device_placement=True
-    )
+    # Each rank scores its own users; the evaluator gathers and de-duplicates.
+    own = rank_users(data, users, accelerator.process_index, accelerator.num_processes)
+    loader = eval_loader(data, "valid", cfg.sasrec.max_len, cfg.eval.batch_size, own)
     protocol = make_protocol(cfg.eval, data, "valid")
 
     def evaluate_fn(m: nn.Module, acc: Accelerator) -> dict[str, float]:
@@ -161,6 +204,17 @@ def fit_popularity(cfg: RunConfig, data: PreparedData) -> TrainResult:
     )
 
 
+def _choose_cold_boost(cfg: RunConfig, data: PreparedData, best_dir: Path, accelerator: Accelerator) -> None:
+    """model.items.cold_boost_grid: pick the new-item boost on validation (main process only)."""
+    if not cfg.model.items.cold_boost_grid:
+        return
+    if accelerator.is_main_process:
+        from seqrec.training.cold_boost import choose_cold_boost
+
+        choose_cold_boost(cfg, data, best_dir)
+    accelerator.wait_for_everyone()
+
+
 # ---- the entry --------------------------------------------------------------------------------
 
 
@@ -183,7 +237,6 @@ def run_training(cfg: RunConfig, end_process_group: bool = True, overwrite: bool
 def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
     from accelerate.utils import set_seed
 
-    from seqrec.data.schema import PreparedData
     from seqrec.training.distributed import make_accelerator
     from seqrec.training.loop import Trainer
 
@@ -209,7 +262,7 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
         raise ConfigError("data_dir is empty: pass --data DIR (a prepared data directory)")
     accelerator = make_accelerator(cfg)  # first: ZeRO-3 partitions large models while they load
     set_seed(cfg.train.seed)
-    data = PreparedData.load(cfg.data_dir)
+    data = load_training_data(cfg, accelerator)
     setup = builder(cfg, data, accelerator)
     trainer = Trainer(
         cfg,
@@ -222,6 +275,8 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
         accelerator=accelerator,
     )
     result = trainer.train()
+    if cfg.train.model == "seqrec" and result.exit_code == 0 and result.best_dir is not None:
+        _choose_cold_boost(cfg, data, result.best_dir, accelerator)
     if end_process_group:
         accelerator.end_training()
     return result

@@ -130,14 +130,17 @@ def ensure_features(
                 out,
                 world,
             )
+        # The cache covers every user's windows: a rank that holds only its own users' events
+        # (sharded data) reads the whole data for the build, once per feature config.
+        source = data if data.loaded is None or data.path is None else PreparedData.load(data.path)
         with _without_zero_init(accelerator):
-            model = load_encoder_model(cfg, data, precision)
+            model = load_encoder_model(cfg, source, precision)
         model.eval()
-        renderer = make_renderer(data, cfg)
-        windows = list(iter_windows(data, cfg, ["train", "valid", "test"]))
+        renderer = make_renderer(source, cfg)
+        windows = list(iter_windows(source, cfg, ["train", "valid", "test"]))
 
         def window_texts(ws: Any) -> list[str]:
-            return [render_windows(data, renderer, u, (w,))[0] for u, w in ws]
+            return [render_windows(source, renderer, u, (w,))[0] for u, w in ws]
 
         assert model.encoder is not None
         with model.encoder.local_only():  # each rank encodes its own share: no call-count sync
@@ -154,7 +157,7 @@ def ensure_features(
                 world=world,
                 barrier=accelerator.wait_for_everyone if accelerator is not None else (lambda: None),
             )
-        del model
+        del model, source, windows
     return FeatureStore.load(out)
 
 
@@ -183,7 +186,7 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
     from seqrec.evaluation.protocols import make_protocol
     from seqrec.modeling import SeqRecModel
     from seqrec.training.distributed import compute_precision
-    from seqrec.training.run import TrainingSetup, validation_users
+    from seqrec.training.run import TrainingSetup, rank_users, validation_users
 
     tokens: TextTokens | None = None
     features: FeatureStore | None = None
@@ -217,10 +220,9 @@ def seqrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) -
         data, cfg, "train", features=features, item_tokens=item_tokens, pad_token_id=pad_id
     )
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
-    loader = accelerator.prepare_data_loader(
-        eval_loader(data, cfg, "valid", tokens=tokens, features=features, users=users, pad_token_id=pad_id),
-        device_placement=True,
-    )
+    # Each rank scores its own users (seqrec/data/shards.py); the evaluator gathers and de-duplicates.
+    own = rank_users(data, users, accelerator.process_index, accelerator.num_processes)
+    loader = eval_loader(data, cfg, "valid", tokens=tokens, features=features, users=own, pad_token_id=pad_id)
     protocol = make_protocol(cfg.eval, data, "valid")
 
     def evaluate_fn(m: nn.Module, acc: Accelerator) -> dict[str, float]:
