@@ -10,7 +10,8 @@ the row. Suites (data in ../shared/data, prepared into the runs folder, never co
 * beauty       Amazon Beauty 5-core, leave-one-out: results/beauty.{json,md,png}.
 * beauty-cold  Beauty with 10% of the items (seed 0) removed from training entirely
                (data.cold_items=0.1); results/cold.{json,md}: warm and cold test slices.
-* movielens    MovieLens-100K with and without profiles (the fusion ablation).
+* movielens    MovieLens-100K with and without profiles (the fusion ablation; the headline row is
+               without, see results/movielens_profile_ablation.md).
 * taobao       Taobao UserBehavior head, `buy` as the target behaviour.
 
 Every model is trained with `seqrec train` and scored with `seqrec evaluate` on the test split
@@ -97,7 +98,8 @@ SUITES: dict[str, dict] = {
             "seqrec": "movielens-seqrec",
             "seqrec-no-profile": "movielens-seqrec-no-profile",
         },
-        "seqrec": "seqrec",
+        # Profile fusion off is the MovieLens default: it did not help (results/movielens_profile_ablation.md).
+        "seqrec": "seqrec-no-profile",
     },
     "taobao": {
         "source": "taobao",
@@ -295,6 +297,27 @@ def _slice(run: dict, label: str) -> dict | None:
     return found if isinstance(found, dict) else None
 
 
+def _ablation_lines(suite: str, results: Path) -> list[str]:
+    """The profile-fusion ablation's figures (benchmarks/profile_ablation.py's JSON), when present."""
+    found = results / f"{SUITES[suite]['results']}_profile_ablation.json"
+    if not found.is_file():
+        return []
+    a = json.loads(found.read_text())
+    t = a["paired_over_seeds"]["test ndcg@10"]
+    ci = a["user_bootstrap"]["test ndcg@10"]["ci95"]
+    v = a["paired_over_seeds"]["valid ndcg@10"]
+    return [
+        "",
+        f"Profile-fusion ablation (`{a['command']}`, {found.name}), with - without profile, paired by seed "
+        f"{a['seeds']}: test NDCG@10 " + ", ".join(f"{d:+.4f}" for d in t["diff"])
+        + f" (mean {t['mean_diff']:+.4f}, paired t {t['t']:+.2f}, 95% critical {t['t95']:.2f}; "
+        f"user bootstrap 95% interval [{ci[0]:+.4f}, {ci[1]:+.4f}]); validation NDCG@10 mean "
+        f"{v['mean_diff']:+.4f} (t {v['t']:+.2f}). Profile fusion helps beyond noise: "
+        f"{'yes' if a['profile_helps_beyond_noise'] else 'no'}. The suite's headline seqrec row: "
+        f"{SUITES[suite]['seqrec']}.",
+    ]  # fmt: skip
+
+
 def write_markdown(summary: dict, models: list[str], path: Path) -> None:
     lines = [
         f"# Quality: {summary['suite']}",
@@ -367,6 +390,10 @@ def write_markdown(summary: dict, models: list[str], path: Path) -> None:
                     f"| {n} | {b['chosen']:g} | {b['valid_ndcg@10_without']:.4f} -> {b['valid_ndcg@10']:.4f} | "
                     f"{b['valid_cold_over_warm_without']:.2f} -> {b['valid_cold_over_warm']:.2f} |"
                 )
+    lines += _ablation_lines(summary["suite"], path.parent)
+    missing = [n for n in SUITES[summary["suite"]]["models"] if n not in models]
+    if missing:
+        lines += ["", "Rows of this suite not run by this command: " + ", ".join(missing) + "."]
     lines += ["", "Configs: " + ", ".join(f"{n}: `{summary['configs'][n]}`" for n in models)]
     lines += ["", "Per-model training commands (seed 0):", ""]
     lines += [f"- {name}: `{summary['per_model_commands'][name]}`" for name in models]

@@ -46,4 +46,4 @@ def test_headline_row_is_chosen_on_validation_not_test() -> None:
         "seqrec-fusion": [{"metrics": {"ndcg@10": 0.02}, "valid_ndcg@10": None}],  # unknown: skipped
     }
     assert bench.select_main("beauty", results) == "seqrec-hybrid"  # type: ignore[attr-defined]
-    assert bench.select_main("movielens", results) == "seqrec"  # a fixed row stays fixed  # type: ignore[attr-defined]
+    assert bench.select_main("taobao", results) == "seqrec"  # a fixed row stays fixed  # type: ignore[attr-defined]
