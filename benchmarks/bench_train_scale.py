@@ -1,4 +1,9 @@
-"""Benchmark one SASRec training epoch on Taobao-shaped logs of N events: peak RSS and samples/s.
+"""Benchmark one training epoch on Taobao-shaped logs of N events: peak RSS and samples/s.
+
+Models: ``sasrec`` (the ID baseline) and ``seqrec-head`` (the seqrec head stage on frozen
+``minilm-l6`` features: one event per window, the item's text only -- a Taobao item's text is its
+category -- so the corpus-wide deduplicated feature build encodes one text per category, and a text
+item tower over the whole catalogue with the sampled softmax above 100,000 items).
 
 For each size: ``seqrec data synth --events N --raw-only`` and ``seqrec data prepare --engine
 duckdb`` (outside the timing), then ``seqrec train --model sasrec train.epochs=1`` in a child
@@ -27,6 +32,15 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_prepare import ROOT, machine, run_child
 
+MODELS = {
+    "sasrec": ["--model", "sasrec"],
+    "seqrec-head": [
+        "--model", "seqrec", "--stage", "head", "model.backbone.name=minilm-l6", "model.adapter.method=frozen",
+        "model.items.mode=text", "model.profile.enabled=false", "window.size=1", "window.max_windows=20",
+        "text.time=none", "text.show_behavior=false", "model.encoder.micro_batch_size=64",
+    ],
+}  # fmt: skip
+
 
 def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]:
     folder = work / f"train-{n_events}"
@@ -42,9 +56,9 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     raw.unlink()
     report = json.loads((data / "report.json").read_text())
     cmd = [
-        *seqrec, "train", "--model", "sasrec", "--data", str(data), "--output", str(folder / "run"),
+        *seqrec, "train", "--data", str(data), "--output", str(folder / "run"),
         "train.epochs=1", f"train.batch_size={args.batch_size}", f"train.eval_max_users={args.eval_users}",
-        "train.tracker=none", "train.log_every=20", "train.num_workers=0",
+        "train.tracker=none", "train.log_every=20", "train.num_workers=0", *MODELS[args.model],
     ]  # fmt: skip
     if args.max_minutes > 0:
         cmd.append(f"train.max_minutes={args.max_minutes}")
@@ -54,6 +68,7 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
     done = re.search(r"training (\w+) after (\d+) steps", stderr)
     shutil.rmtree(folder, ignore_errors=True)
     row = {
+        "model": args.model,
         "events": n_events,
         "users": report["users"],
         "items": report["items"],
@@ -74,18 +89,19 @@ def bench(n_events: int, work: Path, args: argparse.Namespace) -> dict[str, Any]
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        "# One SASRec epoch on Taobao-shaped logs",
+        "# One training epoch on Taobao-shaped logs",
         "",
         f"Command: `{result['command']}` ({result['date']}); machine: {result['machine']['cpu']}, "
         f"{result['machine']['cores']} cores (shared with other jobs, so times are noisy).",
         "",
-        "`seqrec train --model sasrec train.epochs=1` in a child process (interpreter start, data loading, "
-        "the epoch and one validation included in *wall*); samples/s is the median of the training log's "
-        "figures; peak RSS is the child's maximum resident set size. Above 100,000 items SASRec uses its "
-        "sampled softmax (sasrec.loss=auto).",
+        "`seqrec train ... train.epochs=1` in a child process (interpreter start, data loading, the "
+        "head stage's feature build, the epoch and one validation included in *wall*); samples/s is the "
+        "median of the training log's figures; peak RSS is the child's maximum resident set size. Above "
+        "100,000 items both models use their sampled softmax (sasrec.loss=auto, model.head.loss=auto). "
+        "Models: see the docstring of benchmarks/bench_train_scale.py.",
         "",
-        "| events | users | items | steps (of the epoch) | wall (s) | samples/s | peak RSS (MiB) | command |",
-        "|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| model | events | users | items | steps (of the epoch) | wall (s) | samples/s | peak RSS (MiB) | command |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in result["rows"]:
         steps = (
@@ -94,7 +110,7 @@ def markdown(result: dict[str, Any]) -> str:
             else f"{r['steps']:,} of {r['steps_per_epoch']:,}"
         )
         lines.append(
-            f"| {r['events']:,} | {r['users']:,} | {r['items']:,} | {steps} | {r['wall_s']:,.1f} | "
+            f"| {r.get('model', 'sasrec')} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {steps} | {r['wall_s']:,.1f} | "
             f"{r['samples_per_s_median']} | {r['peak_rss_mib']:,.0f} | `{r.get('command', result['command'])}` "
             f"({r.get('date', result['date'])}) |"
         )
@@ -113,6 +129,7 @@ def main() -> None:
     parser.add_argument(
         "--max-minutes", type=float, default=0.0, help="Bound the training time (0: a full epoch)."
     )
+    parser.add_argument("--model", choices=sorted(MODELS), default="sasrec")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     args = parser.parse_args()
     work = Path(args.work)
@@ -120,7 +137,7 @@ def main() -> None:
     command = "python benchmarks/bench_train_scale.py " + shlex.join(sys.argv[1:])
     out = Path(args.out)
     old = json.loads((out / "train_scale.json").read_text()) if (out / "train_scale.json").is_file() else {}
-    kept = {r["events"]: r for r in old.get("rows", [])}
+    kept = {(r.get("model", "sasrec"), r["events"]): r for r in old.get("rows", [])}
     for r in kept.values():  # rows of earlier commands keep theirs
         r.setdefault("command", old.get("command"))
         r.setdefault("date", old.get("date"))
@@ -128,12 +145,12 @@ def main() -> None:
         row = bench(n, work, args)
         row["command"] = command
         row["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        kept[n] = row
+        kept[(args.model, n)] = row
     result = {
         "command": command,
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
-        "rows": [kept[n] for n in sorted(kept)],
+        "rows": [kept[k] for k in sorted(kept)],
         "notes": old.get("notes", []),
     }
     (out / "train_scale.json").write_text(json.dumps(result, indent=2) + "\n")
