@@ -85,7 +85,7 @@ class StepMeter:
     their output's `metrics`; tokens/s counts the non-pad tokens, the real work.
     """
 
-    _TOKEN_KEYS = ("tokens", "nonpad_tokens")
+    _TOKEN_KEYS = ("tokens", "nonpad_tokens", "texts")  # texts: backbone inputs (windows + live items)
 
     def __init__(self, accelerator: Accelerator):
         self.accelerator = accelerator
@@ -94,7 +94,7 @@ class StepMeter:
 
     def restart(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
-        self.tokens = torch.zeros(2, device=self.device)  # [tokens, nonpad_tokens]
+        self.tokens = torch.zeros(3, device=self.device)  # [tokens, nonpad_tokens, texts]
         self.micro_batches = 0
         self.samples = 0
         self.t0 = time.perf_counter()
@@ -127,9 +127,10 @@ class StepMeter:
                 self.tokens[0],
                 self.tokens[1],
                 torch.tensor(mem, device=self.device),
+                self.tokens[2],
             ]
         )
-        rows = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, local.numel()).cpu()  # [ranks, 6]
+        rows = self.accelerator.gather(local.unsqueeze(0)).reshape(-1, local.numel()).cpu()  # [ranks, 7]
         loss_sum, micro, samples, tokens, nonpad = rows[:, :5].sum(0).tolist()
         out = {
             "loss": loss_sum / max(micro, 1.0),
@@ -139,6 +140,8 @@ class StepMeter:
         if tokens > 0:
             out["tokens_per_s"] = nonpad / elapsed
             out["nonpad_share"] = nonpad / tokens
+        if float(rows[:, 6].sum()) > 0:
+            out["texts_per_s"] = float(rows[:, 6].sum()) / elapsed
         self.restart()
         return out
 
@@ -179,6 +182,8 @@ class Progress:
         parts.append(f"{metrics['samples_per_s']:.1f} samples/s")
         if "tokens_per_s" in metrics:
             parts.append(f"{metrics['tokens_per_s']:.0f} tok/s (nonpad {100 * metrics['nonpad_share']:.0f}%)")
+        if "texts_per_s" in metrics:
+            parts.append(f"{metrics['texts_per_s']:.1f} texts/s")
         parts.append(f"peak mem {metrics['peak_memory_mb']:.0f} MB ({self.memory_kind})")
         log.info(" | ".join(parts))
 
