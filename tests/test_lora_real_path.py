@@ -4,7 +4,9 @@ Regression tests for what that run needed or exposed, on tiny models."""
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,3 +33,70 @@ def test_step_meter_reports_backbone_texts_per_second(caplog: pytest.LogCaptureF
     # A head-stage step (cached features, no backbone) has no texts: no rate is made up.
     meter.add(torch.tensor(1.0), {}, samples=4)
     assert "texts_per_s" not in meter.report()
+
+
+def _tiny_yaml(backbone: Path, folder: Path) -> Path:
+    path = folder / "tiny.yaml"
+    path.write_text(
+        f"""
+model:
+  backbone: {{name: {backbone}}}
+  adapter: {{r: 4, alpha: 8, dropout: 0.0}}
+  encoder: {{micro_batch_size: 8}}
+  aggregator: {{d_model: 16, layers: 1, heads: 2, dropout: 0.0, time_buckets: 8}}
+  profile: {{enabled: false}}
+  fusion: {{hidden: 32, dropout: 0.0}}
+  head: {{dim: 16}}
+  items: {{mode: text}}
+window: {{size: 1, max_windows: 4}}
+text: {{time: none, show_behavior: false, max_window_tokens: 24, max_item_tokens: 24}}
+train: {{epochs: 1, batch_size: 8, tracker: none, lr: 0.01, backbone_lr: 0.05}}
+""",
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_evaluate_refuses_features_rebuilt_for_another_encoder(
+    tiny_backbones, tiny_data_dir, tmp_path, monkeypatch, caplog
+) -> None:
+    """A head trained on LoRA-tuned features, whose feature folder is then rebuilt for the frozen
+    encoder (what a shared cache folder, like the benchmark's Beauty cache, would do): `evaluate`
+    used any folder holding a manifest, so it silently scored the tuned head on frozen features.
+    It must see the mismatch and encode with the model's own backbone + adapter instead."""
+    from seqrec.cli import main
+    from seqrec.data.features import FeatureStore
+
+    monkeypatch.setenv("SEQREC_CACHE", str(tmp_path / "cache"))
+    cfg = _tiny_yaml(tiny_backbones("bert"), tmp_path)
+    common = ["train", "--config", str(cfg), "--data", str(tiny_data_dir)]
+    feats = tmp_path / "features"
+    joint, head, frozen = tmp_path / "joint", tmp_path / "head", tmp_path / "frozen"
+    assert main([*common, "--output", str(joint), "train.max_steps=3"]) == 0
+    init = f"train.init_from={joint / 'best'}"
+    assert main([*common, "--output", str(head), "--stage", "head", init, f"train.features_dir={feats}"]) == 0
+    tuned_items = FeatureStore.load(feats).items.clone()
+
+    def test_metrics(out: str) -> dict:
+        args = [
+            "evaluate",
+            "--checkpoint",
+            str(head / "best"),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / out),
+        ]
+        assert main(args) == 0
+        return json.loads((tmp_path / out / "metrics.json").read_text())
+
+    with_cache = test_metrics("eval-cached")
+    # Another run rebuilds the same folder for the frozen encoder.
+    assert main([*common, "--output", str(frozen), "--stage", "head", f"train.features_dir={feats}"]) == 0
+    assert not torch.allclose(FeatureStore.load(feats).items, tuned_items, atol=1e-4)  # the hazard is real
+    with caplog.at_level(logging.WARNING, logger="seqrec.evaluation.cli"):
+        after = test_metrics("eval-after-rebuild")
+    for k in ("ndcg@10", "hr@10", "mrr", "auc"):
+        assert after[k] == pytest.approx(with_cache[k], abs=1e-6), k
+    assert "features of another encoder" in caplog.text

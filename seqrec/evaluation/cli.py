@@ -82,10 +82,20 @@ def load_model_and_batches(checkpoint: Path, cfg: Any, data: Any, split: Any, us
         # Imported here so evaluating a baseline never loads transformers.
         from seqrec.data.collate import eval_batches
         from seqrec.modeling import SeqRecModel
+        from seqrec.training.seqrec_setup import features_match
 
-        # A head-stage model reads the window features its run cached (no backbone pass needed).
+        # A head-stage model reads the window features its run cached (no backbone pass needed),
+        # unless that folder was rebuilt since for another encoder (a shared cache, another
+        # adapter): then its backbone (and stage-1 adapter) encode the windows again.
         features = Path(cfg.train.features_dir or Path(cfg.train.output_dir) / "features")
-        use_features = cfg.train.stage == "head" and (features / "manifest.json").is_file()
+        use_features = cfg.train.stage == "head" and features_match(cfg, data, features, checkpoint)
+        if cfg.train.stage == "head" and not use_features and (features / "manifest.json").is_file():
+            log.warning(
+                "%s holds features of another encoder than %s's (rebuilt since?): encoding with the "
+                "model's backbone instead",
+                features,
+                checkpoint,
+            )
         model = SeqRecModel.from_pretrained(checkpoint, load_backbone=not use_features)
         batches = eval_batches(model, data, cfg, split, users=users, batch_size=cfg.eval.batch_size)
         attach_catalogue(model, data, cfg)

@@ -83,6 +83,26 @@ def feature_manifest(cfg: RunConfig, data: PreparedData) -> dict[str, Any]:
     }
 
 
+def features_match(cfg: RunConfig, data: PreparedData, folder: Path, adapter_dir: Path | None = None) -> bool:
+    """Whether the feature folder was built by this model's encoder: same backbone, encoder, window,
+    text and data settings and the same adapter, compared by content. ``adapter_dir`` is where the
+    adapter is now (a head-stage model folder carries a copy of its stage-1 adapter); the path the
+    features were built from is not compared, only whether there was one. A folder rebuilt since
+    for another model (a shared cache, a rerun with another adapter) does not match."""
+    import json
+
+    f = folder / "manifest.json"
+    if not f.is_file():
+        return False
+    saved = json.loads(f.read_text(encoding="utf-8"))
+    want = json.loads(json.dumps(feature_manifest(cfg, data), default=str))
+    if adapter_dir is not None:
+        want["adapter_digest"] = _file_digest(adapter_dir / ADAPTER_FILES[0])
+    if (saved.get("adapter_from") is None) != (want.pop("adapter_from") is None):
+        return False
+    return all(saved.get(k) == v for k, v in want.items())
+
+
 def _encoded_alike(cfg: RunConfig) -> bool:
     """Windows and items go through the same prefix and token limit: their texts can be pooled."""
     enc, text = cfg.model.encoder, cfg.text
