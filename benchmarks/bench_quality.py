@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -118,19 +117,21 @@ def seqrec(*args: str) -> list[str]:
 
 
 def run_measured(cmd: list[str], log: Path) -> dict:
-    """Run `cmd` in its own process; wall seconds and its peak RSS (MiB)."""
+    """Run `cmd` in its own process; wall seconds and ITS peak RSS (MiB): from wait4 on that child,
+    not RUSAGE_CHILDREN (the largest of every child so far: each row after a big one would report
+    the big one's memory)."""
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        code = subprocess.call(
+        proc = subprocess.Popen(
             cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, "TQDM_DISABLE": "1"}
         )
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise SystemExit(f"command failed ({code}), see {log}: {' '.join(cmd)}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"seconds": time.perf_counter() - start, "peak_rss_mib": max(peak, before) / 1024}
+    return {"seconds": time.perf_counter() - start, "peak_rss_mib": usage.ru_maxrss / 1024}
 
 
 def prepare(suite: str, runs: Path) -> Path:
