@@ -8,8 +8,9 @@ One training step (joint stage, batch keys in seqrec/data/batch.py):
    window [B, W, d_model]; each state is fused with the user's profile into a unit-length user
    vector [B, W, D];
 3. item vectors come from the item tower over the catalogue's cached text features (refreshed
-   every ``items.cache_refresh_steps`` steps), with the live rows substituted so gradients reach
-   the adapters through items too, and/or learned ID embeddings;
+   every ``items.cache_refresh_steps`` steps); the batch's positives are also encoded live and
+   reach the adapters through items too (straight-through: values from the cache, gradients from
+   the live rows), and/or learned ID embeddings;
 4. every state with targets is scored against the catalogue (full softmax) or against in-batch
    plus sampled candidates (sampled softmax with log-Q correction); see losses.py.
 
@@ -372,7 +373,13 @@ class SeqRecModel(nn.Module):
                 live_sorted, feats_sorted = live_idx[order], live_feats[order]
                 at = torch.searchsorted(live_sorted, idx).clamp(max=len(live_sorted) - 1)
                 hit = live_sorted[at] == idx
-                feats = torch.where(hit.unsqueeze(-1), feats_sorted[at], feats)
+                # Straight-through: the forward VALUES stay the cache's, so every candidate comes
+                # from the same encoder state; the gradient reaches the encoder through the live
+                # rows. Substituting live values let the head tell live positives from stale cached
+                # negatives (a shortcut: on Beauty the joint loss fell from 8.1 to 4.1 in 15 steps
+                # while nothing was learnt, see benchmarks/results/lora_beauty.md).
+                live = feats_sorted[at].to(feats.dtype)
+                feats = torch.where(hit.unsqueeze(-1), feats + (live - live.detach()), feats)
         return self.item_tower(idx, feats)
 
     def item_embeddings(self) -> torch.Tensor:
