@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_quality import CONFIGS, METRICS, RESULTS, run_measured, seqrec
 
 JOINT, HEAD, REFERENCE = "beauty-lora-joint", "beauty-lora-head", "beauty-text"
+LOSS_LINE = re.compile(r"step (\d+)/\d+ \| epoch \d+ \| loss ([\d.]+)")
 STEP_LINE = re.compile(r"step (\d+)/\d+ .*?([\d.]+) samples/s \| ([\d.]+) tok/s .*?([\d.]+) texts/s")
 
 
@@ -83,6 +84,40 @@ def reference_on_sample(data: Path, reference: Path, out: Path, n_users: int, se
     if users is not None:
         table = table[table["user_idx"].isin(users)]
     return {"users": len(table), **{k: float(table[k].mean()) for k in ("hr@10", "ndcg@10")}}
+
+
+def valid_history(out: Path) -> list[dict]:
+    f = out / "valid_history.jsonl"
+    rows = [json.loads(x) for x in f.read_text().splitlines() if x.strip()] if f.is_file() else []
+    return [
+        {"step": r["step"], "epoch": r["epoch"], "ndcg@10": r["ndcg@10"], "hr@10": r["hr@10"]} for r in rows
+    ]
+
+
+def train_losses(log: Path) -> list[tuple[int, float]]:
+    """(step, logged training loss) from a run's log lines."""
+    found = (LOSS_LINE.search(x) for x in log.read_text(encoding="utf-8", errors="replace").splitlines())
+    return [(int(m.group(1)), float(m.group(2))) for m in found if m]
+
+
+def decide(head: list[dict], reference: list[dict]) -> dict:
+    """Kept or dropped, on validation only, at equal training: the best validation NDCG@10 of each
+    over the steps both validated (same batch, data and cosine schedule, so the same steps are the
+    same epochs); the head stage may stop early at its time cap, the reference ran 5 epochs."""
+    ref_at = {r["step"]: r["ndcg@10"] for r in reference}
+    steps = [r["step"] for r in head if r["step"] in ref_at]
+    if not steps:
+        return {"status": "undecided (no validation at a common step)"}
+    hv = max(r["ndcg@10"] for r in head if r["step"] in ref_at)
+    rv = max(ref_at[s] for s in steps)
+    return {
+        "on": "best validation NDCG@10 over the steps both runs validated (4,000 fixed users)",
+        "steps": steps,
+        "head_valid": hv,
+        "reference_valid": rv,
+        "ratio": hv / max(rv, 1e-12),
+        "status": "kept" if hv > rv else "dropped",
+    }
 
 
 def best_valid(out: Path) -> dict:
@@ -179,13 +214,32 @@ def write_markdown(summary: dict, path: Path) -> None:
             f"{tp['tokens_per_s']:.0f} tokens/s through MiniLM forward + backward (windows and the batch's "
             f"positive items), about {tp.get('texts_per_s', 0):.1f} texts/s.",
         ]
+    ref_hist = {x["step"]: x for x in r["valid_history"]}
+    lines += ["", "Validation NDCG@10 (4,000 users) by step, stage 2 vs beauty-text:", ""]
+    lines += ["| step | epoch | stage 2 (tuned features) | beauty-text (frozen) |", "|---:|---:|---:|---:|"]
+    for x in h["valid_history"]:
+        ref = ref_hist.get(x["step"])
+        shown = f"{ref['ndcg@10']:.4f}" if ref else "(no validation at this step)"
+        lines.append(f"| {x['step']} | {x['epoch']} | {x['ndcg@10']:.4f} | {shown} |")
+    losses = j["train_loss"]
+    if losses:
+        last_ref = r.get("last_train_loss")
+        lines += [
+            "",
+            "Stage 1 training loss (full softmax over 12,101 items) by logged step: "
+            + ", ".join(f"{st}: {v:.2f}" for st, v in losses)
+            + (f"; beauty-text's last logged loss after 5 epochs: {last_ref[1]:.2f}." if last_ref else "."),
+        ]
     d = summary["decision"]
-    lines += [
-        "",
-        f"Decision (validation NDCG@10 only, 4,000 users): stage 2 {d['head_valid']:.4f} vs beauty-text "
-        f"{d['reference_valid']:.4f} ({d['ratio']:.3f}x): **{d['status']}**.",
-        "",
-    ]
+    if "head_valid" in d:
+        lines += [
+            "",
+            f"Decision ({d['on']}, steps {d['steps']}): stage 2 {d['head_valid']:.4f} vs beauty-text "
+            f"{d['reference_valid']:.4f} ({d['ratio']:.3f}x): **{d['status']}**.",
+        ]
+    else:
+        lines += ["", f"Decision: {d['status']}."]
+    lines.append("")
     path.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -251,14 +305,12 @@ def main() -> int:
             "train_peak_rss_mib": ref_result["train_peak_rss_mib"],
         },
     }
-    hv, rv = summary["head"]["valid"]["ndcg@10"], summary["reference"]["valid"]["ndcg@10"]
-    summary["decision"] = {
-        "on": "validation NDCG@10, 4,000 fixed users",
-        "head_valid": hv,
-        "reference_valid": rv,
-        "ratio": hv / max(rv, 1e-12),
-        "status": "kept" if hv > rv else "dropped",
-    }
+    summary["head"]["valid_history"] = valid_history(head_out)
+    summary["reference"]["valid_history"] = valid_history(reference)
+    summary["decision"] = decide(summary["head"]["valid_history"], summary["reference"]["valid_history"])
+    summary["joint"]["train_loss"] = train_losses(joint_out.parent / f"{JOINT}.bench.log")
+    ref_losses = train_losses(reference / "bench.log") if (reference / "bench.log").is_file() else []
+    summary["reference"]["last_train_loss"] = ref_losses[-1] if ref_losses else None
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lora_beauty.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_markdown(summary, RESULTS / "lora_beauty.md")

@@ -140,3 +140,48 @@ def test_live_positives_cannot_be_told_from_stale_cached_negatives(tiny_backbone
         float((a - b).abs().sum()) for a, b in zip(grads, window_only) if a is not None and b is not None
     )
     assert delta > 0  # the positives' live encoding adds its own gradient to the adapter
+
+
+def test_bench_lora_reads_throughput_losses_and_decides_on_validation(tmp_path: Path) -> None:
+    """benchmarks/bench_lora.py takes its figures from the runs' own log lines and validation
+    history, never test: the first throughput window (the catalogue encoding) is left out, and the
+    decision compares the two runs only at steps both validated."""
+    import importlib.util
+    import sys
+
+    bench_dir = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench_dir))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_lora", bench_dir / "bench_lora.py")
+        assert spec is not None and spec.loader is not None
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(bench_dir))
+    log = tmp_path / "joint.log"
+    line = (
+        "10:42:48 INFO seqrec.training.trackers: step {s}/50 | epoch 0 | loss {l} | lr 1.99e-04 | grad 9.53 | "
+        "{u} samples/s | {t} tok/s (nonpad 84%) | {x} texts/s | peak mem 4000 MB (cpu_peak_rss)"
+    )
+    log.write_text(
+        "\n".join(
+            [
+                line.format(s=5, l="8.10", u=0.2, t=69, x=2.2),  # holds the catalogue encoding
+                "unrelated",
+                line.format(s=10, l="8.05", u=1.0, t=400, x=13.0),
+                line.format(s=15, l="8.00", u=2.0, t=500, x=15.0),
+            ]
+        ),
+        encoding="utf-8",
+    )
+    tp = bench.step_throughput(log)
+    assert tp["last_step_logged"] == 15 and tp["log_windows_averaged"] == 2
+    assert tp["users_per_s"] == pytest.approx(1.5) and tp["texts_per_s"] == pytest.approx(14.0)
+    assert bench.train_losses(log) == [(5, 8.10), (10, 8.05), (15, 8.00)]
+
+    ref = [{"step": 175, "ndcg@10": 0.020}, {"step": 350, "ndcg@10": 0.025}, {"step": 700, "ndcg@10": 0.030}]
+    head = [{"step": 175, "ndcg@10": 0.021}, {"step": 350, "ndcg@10": 0.024}, {"step": 600, "ndcg@10": 0.9}]
+    d = bench.decide(head, ref)  # step 600 (a stop mid-epoch) has no reference: not compared
+    assert d["steps"] == [175, 350] and d["head_valid"] == 0.024 and d["reference_valid"] == 0.025
+    assert d["status"] == "dropped"
+    assert bench.decide([{"step": 1, "ndcg@10": 1.0}], ref)["status"].startswith("undecided")
