@@ -185,3 +185,46 @@ def test_bench_lora_reads_throughput_losses_and_decides_on_validation(tmp_path: 
     assert d["steps"] == [175, 350] and d["head_valid"] == 0.024 and d["reference_valid"] == 0.025
     assert d["status"] == "dropped"
     assert bench.decide([{"step": 1, "ndcg@10": 1.0}], ref)["status"].startswith("undecided")
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_init_from_a_model_without_adapters_loads_its_backbone_into_a_lora_run(
+    tiny_backbones, tiny_data, tmp_path, caplog
+) -> None:
+    """The Beauty joint run starts from the frozen beauty-text model (train.init_from): its log
+    said '173 missing, 101 unexpected keys', because a model without adapters names a backbone
+    weight ``encoder.backbone.X`` and a LoRA model ``encoder.backbone.base_model.model.X`` (or
+    ``...base_layer.weight``). Harmless for a frozen source (same pretrained weights), but a fully
+    fine-tuned source lost its tuned backbone silently. Names are now matched across wrappings."""
+    from seqrec.modeling import SeqRecModel
+    from seqrec.training.seqrec_setup import _load_weights
+    from tests.tiny_models import tiny_run_config
+
+    bert = tiny_backbones("bert")
+    torch.manual_seed(0)
+    full = SeqRecModel.from_data(
+        tiny_run_config(bert, **{"model.adapter.method": "full", "model.items.mode": "text"}), tiny_data
+    )
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # tuned backbone and head
+    full.save_pretrained(tmp_path / "full")
+    torch.manual_seed(1)
+    lora = SeqRecModel.from_data(tiny_run_config(bert, **{"model.items.mode": "text"}), tiny_data)
+    with caplog.at_level(logging.INFO, logger="seqrec.training.seqrec_setup"):
+        _load_weights(lora, str(tmp_path / "full"))
+    source = full.state_dict()
+
+    def plain(key: str) -> str:  # the name without peft's wrapping
+        return key.replace("base_model.model.", "").replace(".base_layer.", ".")
+
+    target = {plain(k): v for k, v in lora.state_dict().items()}
+    backbone = [k for k in source if k.startswith("encoder.backbone.")]
+    assert backbone
+    for k, v in source.items():
+        torch.testing.assert_close(target[plain(k)], v, msg=k)
+    n_lora = sum("lora_" in k for k in lora.state_dict())
+    assert (
+        f"({n_lora} missing keys, {n_lora} of them adapter weights that start fresh; 0 unexpected"
+        in caplog.text
+    )

@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import logging
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -290,6 +290,27 @@ def _cast_unpartitioned_parameters(model: SeqRecModel, dtype: Any) -> None:
             p.data = p.data.to(dtype)
 
 
+def _backbone_name(key: str) -> str:
+    """A state-dict key without peft's wrapping (``base_model.model.``, ``.base_layer``)."""
+    return key.replace("base_model.model.", "").replace(".base_layer.", ".")
+
+
+def _to_target_names(state: dict[str, Any], target: Iterable[str]) -> dict[str, Any]:
+    """`state` with its backbone keys renamed to the target's, across adapter wrappings: a source
+    without adapters (frozen or fully fine-tuned) names a weight ``encoder.backbone.X`` where a
+    LoRA target has ``encoder.backbone.base_model.model.X`` (or ``...base_layer.weight``), and
+    the reverse. Without this, such weights were silently skipped (a fully fine-tuned stage 1's
+    backbone lost when a LoRA run starts from it)."""
+    names = set(target)
+    by_name = {_backbone_name(k): k for k in names}
+    out: dict[str, Any] = {}
+    for k, v in state.items():
+        if k not in names and _backbone_name(k) in by_name:
+            k = by_name[_backbone_name(k)]
+        out[k] = v
+    return out
+
+
 def _load_weights(model: SeqRecModel, folder: str, accelerator: Accelerator | None = None) -> None:
     """Initialize `model` (adapter + head) from a saved SeqRecModel folder of the same shape.
 
@@ -303,7 +324,7 @@ def _load_weights(model: SeqRecModel, folder: str, accelerator: Accelerator | No
 
     with _without_zero_init(accelerator):
         src = SeqRecModel.from_pretrained(folder)
-    state = src.state_dict()
+    state = _to_target_names(src.state_dict(), model.state_dict().keys())
     params = dict(model.named_parameters())
     partitioned = {k for k, p in params.items() if hasattr(p, "ds_id")}
     missing, unexpected = model.load_state_dict(
@@ -320,10 +341,14 @@ def _load_weights(model: SeqRecModel, folder: str, accelerator: Accelerator | No
                 with torch.no_grad():
                     for k in gather:
                         params[k].copy_(state[k].to(params[k].dtype))
+    missing = [k for k in missing if k not in partitioned]
+    fresh = sum("lora_" in k for k in missing)
     log.info(
-        "initialized from %s (%d missing, %d unexpected keys; %d partitioned tensors gathered)",
+        "initialized from %s (%d missing keys, %d of them adapter weights that start fresh; %d "
+        "unexpected; %d partitioned tensors gathered)",
         folder,
-        len(set(missing) - partitioned),
+        len(missing),
+        fresh,
         len(unexpected),
         len(gather),
     )
