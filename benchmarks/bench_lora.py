@@ -259,7 +259,8 @@ def main() -> int:
     joint_out, head_out = seed_dir / JOINT, seed_dir / HEAD
 
     joint = train(JOINT, data, joint_out, args.seed, [f"train.init_from={reference / 'best'}"])
-    scale = joint_scale(joint_out, 0)
+    meta = json.loads((data / "meta.json").read_text())
+    scale = joint_scale(joint_out, int(meta["n_users"]))
     step0 = reference_on_sample(
         data, reference, seed_dir / "beauty-text-valid", scale["eval_max_users"], args.seed
     )
@@ -270,10 +271,7 @@ def main() -> int:
     head_test = evaluate_test(data, head_out)
 
     ref_result = json.loads((reference / "result.json").read_text())
-    meta = json.loads((data / "meta.json").read_text())
-    n_train_users = int(meta.get("n_users") or meta.get("users") or 0)
     throughput = step_throughput(joint_out.parent / f"{JOINT}.bench.log")
-    scale = joint_scale(joint_out, n_train_users)
     summary = {
         "suite": "beauty-lora",
         "seed": args.seed,

@@ -219,7 +219,10 @@ def test_cold_items_get_finite_text_embeddings(tiny_backbones, tiny_data):
 
 def test_live_item_features_carry_gradient_and_cache_refreshes_on_schedule(tiny_backbones, tiny_data):
     model = _model(
-        tiny_backbones, tiny_data, "llama", **{"model.items.cache_refresh_steps": 2, "train.lr": 0.05}
+        tiny_backbones,
+        tiny_data,
+        "llama",
+        **{"model.items.cache_refresh_steps": 2, "train.lr": 0.05, "model.items.live_positives": True},
     )
     batch = make_batch(model, tiny_data, USERS)
     assert "item_input_ids" in batch

@@ -8,9 +8,9 @@ One training step (joint stage, batch keys in seqrec/data/batch.py):
    window [B, W, d_model]; each state is fused with the user's profile into a unit-length user
    vector [B, W, D];
 3. item vectors come from the item tower over the catalogue's cached text features (refreshed
-   every ``items.cache_refresh_steps`` steps); the batch's positives are also encoded live and
-   reach the adapters through items too (straight-through: values from the cache, gradients from
-   the live rows), and/or learned ID embeddings;
+   every ``items.cache_refresh_steps`` steps); with ``items.live_positives`` the batch's positives
+   are also encoded live and reach the adapters through items too (straight-through: values from
+   the cache, gradients from the live rows), and/or learned ID embeddings;
 4. every state with targets is scored against the catalogue (full softmax) or against in-batch
    plus sampled candidates (sampled softmax with log-Q correction); see losses.py.
 
@@ -266,6 +266,7 @@ class SeqRecModel(nn.Module):
         # Live item encoding only matters when gradients can flow into the backbone.
         live = (
             live_items
+            and self.spec.model.items.live_positives
             and "item_input_ids" in batch
             and self.item_tower.uses_text
             and self.encoder.trainable()
