@@ -100,6 +100,20 @@ def train_losses(log: Path) -> list[tuple[int, float]]:
     return [(int(m.group(1)), float(m.group(2))) for m in found if m]
 
 
+def earlier_try(label: str, folder: str) -> dict:
+    """An earlier stage-1 run kept for the record: its loss curve and, if it validated, its figure."""
+    path = Path(folder)
+    logs = sorted(path.glob("*.bench.log"))
+    best = path / "best_metrics.json"
+    return {
+        "label": label,
+        "folder": str(path),
+        "train_loss": train_losses(logs[0]) if logs else [],
+        "valid": best_valid(path) if best.is_file() else None,
+        "valid_auc": json.loads(best.read_text())["metrics"].get("auc") if best.is_file() else None,
+    }
+
+
 def decide(head: list[dict], reference: list[dict]) -> dict:
     """Kept or dropped, on validation only, at equal training: the best validation NDCG@10 of each
     over the steps both validated (same batch, data and cosine schedule, so the same steps are the
@@ -230,6 +244,16 @@ def write_markdown(summary: dict, path: Path) -> None:
             + ", ".join(f"{st}: {v:.2f}" for st, v in losses)
             + (f"; beauty-text's last logged loss after 5 epochs: {last_ref[1]:.2f}." if last_ref else "."),
         ]
+    for t in summary.get("earlier_tries", []):
+        v = t["valid"]
+        shown = (
+            f"validation NDCG@10 {v['ndcg@10']:.4f}, HR@10 {v['hr@10']:.4f}, AUC {t['valid_auc']:.3f} "
+            f"on {s['eval_max_users']} users"
+            if v
+            else "stopped before its validation"
+        )
+        curve = ", ".join(f"{st}: {x:.2f}" for st, x in t["train_loss"])
+        lines += ["", f"Earlier try, dropped: {t['label']}. Loss by step: {curve}; {shown}."]
     d = summary["decision"]
     if "head_valid" in d:
         lines += [
@@ -249,6 +273,14 @@ def main() -> int:
         "--runs", default="runs/bench", help="bench_quality.py's working folder (beauty suite there)."
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--earlier",
+        nargs="*",
+        default=[],
+        metavar="LABEL=FOLDER",
+        help="Earlier stage-1 tries to record too (a run folder holding its *.bench.log; its "
+        "validation from best_metrics.json when it got that far).",
+    )
     args = p.parse_args()
     runs = Path(args.runs).resolve()
     data = runs / "beauty" / "data"
@@ -309,6 +341,7 @@ def main() -> int:
     summary["joint"]["train_loss"] = train_losses(joint_out.parent / f"{JOINT}.bench.log")
     ref_losses = train_losses(reference / "bench.log") if (reference / "bench.log").is_file() else []
     summary["reference"]["last_train_loss"] = ref_losses[-1] if ref_losses else None
+    summary["earlier_tries"] = [earlier_try(*item.split("=", 1)) for item in args.earlier]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "lora_beauty.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     write_markdown(summary, RESULTS / "lora_beauty.md")
