@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
 from pathlib import Path
@@ -312,7 +313,7 @@ def main() -> int:
     summary = {
         "suite": "beauty-lora",
         "seed": args.seed,
-        "command": "python benchmarks/bench_lora.py " + " ".join(sys.argv[1:]),
+        "command": "python benchmarks/bench_lora.py " + shlex.join(sys.argv[1:]),
         "joint": {
             "config": f"train/configs/{JOINT}.yaml",
             "valid": best_valid(joint_out),
