@@ -59,7 +59,7 @@ TRIES = [
 NOT_RUN = [
     (
         "AlphaFuse-style frozen standardised text + null-space IDs (arXiv 2504.19218)",
-        "not implemented: no CPU time left for a fourth Beauty model this session",
+        "not implemented: this CPU time went to three seeds, the 10-epoch rows, the cold-start boost and the LoRA run",
     ),
     ("LLM-ESR dual view + self-distillation", "not implemented"),
 ]
