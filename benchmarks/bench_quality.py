@@ -86,6 +86,19 @@ SUITES: dict[str, dict] = {
         },
         "seqrec": "select",
     },
+    "beauty-30ep": {
+        "source": "amazon",
+        "input": "amazon-beauty-2014",
+        "prepare": [],
+        "data_of": "beauty",
+        "results": "beauty_30ep",
+        "models": {
+            "sasrec": "beauty-sasrec-30ep",
+            "seqrec-hybrid": "beauty-hybrid-30ep",
+            "seqrec-fusion-hybrid": "beauty-fusion-hybrid-30ep",
+        },
+        "seqrec": "select",
+    },
     "movielens": {
         "source": "movielens",
         "input": "movielens-100k",
