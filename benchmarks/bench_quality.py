@@ -46,6 +46,7 @@ BEAUTY_MODELS = {
     "seqrec-hybrid": "beauty-hybrid",
     "seqrec-fusion": "beauty-fusion",
     "seqrec-fusion-hybrid": "beauty-fusion-hybrid",
+    "seqrec-alphafuse": "beauty-alphafuse",
 }
 
 SUITES: dict[str, dict] = {

@@ -36,6 +36,11 @@ TRIES = [
         "beauty-fusion-hybrid",
         "late fusion SASRec-CE + seqrec hybrid, z-scored scores, weight on validation (EnsRec)",
     ),
+    (
+        "beauty",
+        "beauty-alphafuse",
+        "seqrec AlphaFuse-style: frozen whitened text (top 64 principal directions) + IDs in the null space",
+    ),
     ("beauty-10ep", "beauty-sasrec-10ep", "10-epoch budget: SASRec-CE"),
     ("beauty-10ep", "beauty-hybrid-10ep", "10-epoch budget: seqrec hybrid"),
     ("beauty-10ep", "beauty-fusion-hybrid-10ep", "10-epoch budget: late fusion SASRec-CE + hybrid"),
@@ -57,10 +62,6 @@ TRIES = [
     ),
 ]
 NOT_RUN = [
-    (
-        "AlphaFuse-style frozen standardised text + null-space IDs (arXiv 2504.19218)",
-        "not implemented: this CPU time went to three seeds, the 10-epoch rows, the cold-start boost and the LoRA run",
-    ),
     ("LLM-ESR dual view + self-distillation", "not implemented"),
 ]
 

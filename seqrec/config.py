@@ -314,8 +314,15 @@ class FusionConfig:
 class ItemTowerConfig:
     """Item representations."""
 
-    mode: Literal["text", "id", "hybrid"] = _f(
-        "hybrid", "text: through the backbone (cold-start ready); id: learned embeddings; hybrid: sum."
+    mode: Literal["text", "id", "hybrid", "alphafuse"] = _f(
+        "hybrid",
+        "text: through the backbone (cold-start ready); id: learned embeddings; hybrid: sum; "
+        "alphafuse: frozen standardised text coordinates beside IDs learned in their null space "
+        "(head stage on frozen features).",
+    )
+    null_dims: int = _f(
+        64,
+        "alphafuse: ID coordinates out of model.head.dim (the rest are the frozen text's top principal directions).",
     )
     cache_refresh_steps: int = _f(
         200, "Re-encode the whole catalogue every N optimizer steps (text/hybrid); 0 = only at start."
@@ -863,6 +870,21 @@ def check_ranges(cfg: RunConfig) -> None:
     weights = {k: v for k, v in cfg.model.head.behavior_weights.items() if not v >= 0}
     if weights:
         raise ConfigError(f"model.head.behavior_weights must be >= 0, got {weights}")
+    items = cfg.model.items
+    if items.mode == "alphafuse":
+        if not 0 < items.null_dims < cfg.model.head.dim:
+            raise ConfigError(
+                f"model.items.null_dims must be in (0, model.head.dim={cfg.model.head.dim}), got {items.null_dims}"
+            )
+        if cfg.model.aggregator.use_item_ids:
+            raise ConfigError(
+                "model.items.mode=alphafuse keeps its IDs for items: set model.aggregator.use_item_ids=false"
+            )
+        if cfg.train.stage != "head" and cfg.model.adapter.method != "frozen":
+            raise ConfigError(
+                "model.items.mode=alphafuse fits its text basis once: it needs frozen text features "
+                "(train.stage=head, or model.adapter.method=frozen)"
+            )
     if any(not b >= 0 for b in cfg.model.items.cold_boost_grid):
         raise ConfigError(
             f"model.items.cold_boost_grid values must be >= 0, got {cfg.model.items.cold_boost_grid}"

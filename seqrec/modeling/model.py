@@ -345,6 +345,7 @@ class SeqRecModel(nn.Module):
                 f"item features must be [{self.n_items}, {self.feature_dim}], got {list(feats.shape)}"
             )
         self.item_features = self.to_model(feats.detach())
+        self.item_tower.fit_text_basis(feats)  # alphafuse: once, from the first catalogue features
         self._cache_fresh = True
         self._cache_step = self._step
         self._eval_items = None
