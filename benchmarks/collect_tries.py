@@ -44,6 +44,9 @@ TRIES = [
     ("beauty-10ep", "beauty-sasrec-10ep", "10-epoch budget: SASRec-CE"),
     ("beauty-10ep", "beauty-hybrid-10ep", "10-epoch budget: seqrec hybrid"),
     ("beauty-10ep", "beauty-fusion-hybrid-10ep", "10-epoch budget: late fusion SASRec-CE + hybrid"),
+    ("beauty-30ep", "beauty-sasrec-30ep", "30-epoch budget: SASRec-CE"),
+    ("beauty-30ep", "beauty-hybrid-30ep", "30-epoch budget: seqrec hybrid"),
+    ("beauty-30ep", "beauty-fusion-hybrid-30ep", "30-epoch budget: late fusion SASRec-CE + hybrid"),
     ("beauty-cold", "beauty-sasrec", "cold suite: SASRec-CE"),
     (
         "beauty-cold",
@@ -140,7 +143,7 @@ def main() -> int:
             r["status"] = "kept (best on validation)" if r is best else "dropped (lower validation NDCG@10)"
             if r["config"].endswith("beauty-sasrec.yaml"):
                 r["status"] = "baseline"
-        elif r["suite"] == "beauty-10ep" and r.get("valid_ndcg@10") is not None:
+        elif r["suite"] in ("beauty-10ep", "beauty-30ep") and r.get("valid_ndcg@10") is not None:
             r["status"] = "longer-budget row" + (" (baseline)" if "sasrec" in r["config"] else "")
         elif r.get("valid_ndcg@10") is not None:
             r["status"] = "cold-start benchmark row"
