@@ -83,6 +83,7 @@ SUITES: dict[str, dict] = {
         "models": {
             "sasrec": "beauty-sasrec-10ep",
             "seqrec-hybrid": "beauty-hybrid-10ep",
+            "seqrec-hybrid-reg": "beauty-hybrid-reg-10ep",
             "seqrec-fusion-hybrid": "beauty-fusion-hybrid-10ep",
         },
         "seqrec": "select",
