@@ -44,6 +44,11 @@ TRIES = [
     ("beauty-10ep", "beauty-sasrec-10ep", "10-epoch budget: SASRec-CE"),
     ("beauty-10ep", "beauty-hybrid-10ep", "10-epoch budget: seqrec hybrid"),
     ("beauty-10ep", "beauty-fusion-hybrid-10ep", "10-epoch budget: late fusion SASRec-CE + hybrid"),
+    (
+        "beauty-10ep",
+        "beauty-hybrid-reg-10ep",
+        "10-epoch budget: seqrec hybrid regularised (ID dropout 0.5, weight decay 0.05)",
+    ),
     ("beauty-30ep", "beauty-sasrec-30ep", "30-epoch budget: SASRec-CE"),
     ("beauty-30ep", "beauty-hybrid-30ep", "30-epoch budget: seqrec hybrid"),
     ("beauty-30ep", "beauty-fusion-hybrid-30ep", "30-epoch budget: late fusion SASRec-CE + hybrid"),
