@@ -98,6 +98,8 @@ SUITES: dict[str, dict] = {
             "sasrec": "beauty-sasrec-30ep",
             "seqrec-hybrid": "beauty-hybrid-30ep",
             "seqrec-fusion-hybrid": "beauty-fusion-hybrid-30ep",
+            "seqrec-llminit": "beauty-llminit-30ep",
+            "seqrec-fusion-llminit": "beauty-fusion-llminit-30ep",
         },
         "seqrec": "select",
     },

@@ -431,6 +431,12 @@ class SASRecConfig:
     )
     num_negatives: int = _f(1024, "Sampled softmax: uniform negatives per batch (accidental hits masked).")
     sampled_above: int = _f(100_000, "loss=auto: catalogues with more items than this use sampled softmax.")
+    item_init: Literal["random", "text_pca"] = _f(
+        "random",
+        "Initial item embeddings: random N(0, 0.02) (the ID-only baseline), or text_pca: the PCA of "
+        "the items' language-model text features (model.backbone, cached in train.features_dir) "
+        "scaled to the random init's norm (LLMInit, arXiv 2309.09261), then trained as IDs.",
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,13 +29,20 @@ def text_pca(features: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
     return out.float()
 
 
-def init_ids_from_text(table: nn.Embedding, features: torch.Tensor, std: float = 0.02) -> None:
-    """Overwrite `table` [n_items, D] with the scaled PCA of `features` [n_items, H]."""
-    n, dim = table.weight.shape
-    if features.shape[0] != n:
-        raise ValueError(f"text features have {features.shape[0]} rows, the ID table {n}")
+def text_init_rows(features: torch.Tensor, dim: int, std: float = 0.02) -> torch.Tensor:
+    """[n_items, H] -> [n_items, dim]: the PCA of `features`, rows scaled to the mean norm of an
+    N(0, std) init in `dim` dimensions."""
     pcs = text_pca(features.detach().cpu(), dim)
     mean_norm = pcs.norm(dim=1).mean().clamp(min=1e-12)
-    pcs = pcs * (std * math.sqrt(dim) / mean_norm)
+    return pcs * (std * math.sqrt(dim) / mean_norm)
+
+
+def init_ids_from_text(table: nn.Embedding, features: torch.Tensor, std: float = 0.02, offset: int = 0) -> None:
+    """Overwrite rows `offset:` of `table` [offset + n_items, D] with the scaled PCA of `features`
+    [n_items, H] (offset=1 for a table whose row 0 is padding, as SASRec's)."""
+    n, dim = table.weight.shape[0] - offset, table.weight.shape[1]
+    if features.shape[0] != n:
+        raise ValueError(f"text features have {features.shape[0]} rows, the ID table {n} items")
+    rows = text_init_rows(features, dim, std)
     with torch.no_grad():
-        table.weight.copy_(pcs.to(table.weight.device, table.weight.dtype))
+        table.weight[offset:].copy_(rows.to(table.weight.device, table.weight.dtype))

@@ -124,6 +124,15 @@ def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) 
     from seqrec.evaluation.protocols import make_protocol
 
     model = SASRec(data.n_items, cfg.sasrec)
+    if cfg.sasrec.item_init == "text_pca":
+        from seqrec.modeling.text_init import init_ids_from_text
+        from seqrec.training.distributed import compute_precision
+        from seqrec.training.seqrec_setup import ensure_features
+
+        # The same cached item features as the seqrec head stage (built once when absent).
+        features = ensure_features(cfg, data, accelerator, compute_precision(accelerator, cfg))
+        init_ids_from_text(model.item_emb, features.items, offset=1)  # row 0 stays the padding
+        log.info("SASRec item embeddings initialised from the PCA of the item text features")
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
     # Each rank scores its own users; the evaluator gathers and de-duplicates.
     own = rank_users(data, users, accelerator.process_index, accelerator.num_processes)
