@@ -37,7 +37,9 @@ def text_init_rows(features: torch.Tensor, dim: int, std: float = 0.02) -> torch
     return pcs * (std * math.sqrt(dim) / mean_norm)
 
 
-def init_ids_from_text(table: nn.Embedding, features: torch.Tensor, std: float = 0.02, offset: int = 0) -> None:
+def init_ids_from_text(
+    table: nn.Embedding, features: torch.Tensor, std: float = 0.02, offset: int = 0
+) -> None:
     """Overwrite rows `offset:` of `table` [offset + n_items, D] with the scaled PCA of `features`
     [n_items, H] (offset=1 for a table whose row 0 is padding, as SASRec's)."""
     n, dim = table.weight.shape[0] - offset, table.weight.shape[1]
