@@ -92,7 +92,6 @@ def worker(argv: list[str]) -> int:
     from seqrec.data.collate import eval_loader
     from seqrec.data.schema import PreparedData
     from seqrec.training.distributed import make_accelerator
-    from seqrec.training.loop import Trainer
     from seqrec.training.seqrec_setup import seqrec_setup
 
     p = argparse.ArgumentParser()
@@ -130,17 +129,7 @@ def worker(argv: list[str]) -> int:
         if state.global_step == args.stop_at:
             os.kill(os.getpid(), signal.SIGUSR1)  # preemption: checkpoint at this step and stop
 
-    trainer = Trainer(
-        cfg,
-        setup.model,
-        setup.train_dataset,
-        setup.collate_fn,
-        setup.evaluate_fn,
-        setup.save_model_fn,
-        setup.param_groups,
-        accelerator=accelerator,
-        step_hooks=[hook],
-    )
+    trainer = setup.trainer(cfg, accelerator, step_hooks=[hook])
     model: Any = trainer.unwrapped
     last[0] = time.perf_counter()
     result = trainer.train()

@@ -424,7 +424,6 @@ def _seqrec_trainer(tmp_path: Path, out: Path, data_dir: Path, backbone: Path, *
 
     from seqrec.data.schema import PreparedData
     from seqrec.training.distributed import make_accelerator
-    from seqrec.training.loop import Trainer
     from seqrec.training.seqrec_setup import seqrec_setup
     from tests.tiny_models import tiny_run_config
 
@@ -455,16 +454,7 @@ def _seqrec_trainer(tmp_path: Path, out: Path, data_dir: Path, backbone: Path, *
     accelerator = make_accelerator(cfg)
     set_seed(cfg.train.seed)  # as run_training does: the same initial weights in every run
     setup = seqrec_setup(cfg, PreparedData.load(cfg.data_dir), accelerator)
-    return Trainer(
-        cfg,
-        setup.model,
-        setup.train_dataset,
-        setup.collate_fn,
-        setup.evaluate_fn,
-        setup.save_model_fn,
-        setup.param_groups,
-        accelerator=accelerator,
-    )
+    return setup.trainer(cfg, accelerator)
 
 
 def test_seqrec_resume_between_cache_refreshes_matches_uninterrupted_run(

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from torch.utils.data import Dataset
 
     from seqrec.data.schema import PreparedData
-    from seqrec.training.loop import EvaluateFn, SaveModelFn, TrainResult
+    from seqrec.training.loop import EvaluateFn, SaveModelFn, StepHook, Trainer, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,24 @@ class TrainingSetup:
     evaluate_fn: EvaluateFn | None
     save_model_fn: SaveModelFn
     param_groups: list[dict[str, Any]] | None = None
+
+    def trainer(
+        self, cfg: RunConfig, accelerator: Accelerator, step_hooks: Sequence[StepHook] = ()
+    ) -> Trainer:
+        """The generic loop over this setup."""
+        from seqrec.training.loop import Trainer
+
+        return Trainer(
+            cfg,
+            self.model,
+            self.train_dataset,
+            self.collate_fn,
+            self.evaluate_fn,
+            self.save_model_fn,
+            self.param_groups,
+            accelerator=accelerator,
+            step_hooks=step_hooks,
+        )
 
 
 def resolve_config(
@@ -247,7 +265,6 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
     from accelerate.utils import set_seed
 
     from seqrec.training.distributed import make_accelerator
-    from seqrec.training.loop import Trainer
 
     if cfg.train.model == "popularity":
         if not cfg.data_dir:
@@ -273,17 +290,7 @@ def _run_training(cfg: RunConfig, end_process_group: bool) -> TrainResult:
     set_seed(cfg.train.seed)
     data = load_training_data(cfg, accelerator)
     setup = builder(cfg, data, accelerator)
-    trainer = Trainer(
-        cfg,
-        setup.model,
-        setup.train_dataset,
-        setup.collate_fn,
-        setup.evaluate_fn,
-        setup.save_model_fn,
-        setup.param_groups,
-        accelerator=accelerator,
-    )
-    result = trainer.train()
+    result = setup.trainer(cfg, accelerator).train()
     if cfg.train.model == "seqrec" and result.exit_code == 0 and result.best_dir is not None:
         _choose_cold_boost(cfg, data, result.best_dir, accelerator)
     if end_process_group:
