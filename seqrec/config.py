@@ -554,7 +554,8 @@ class EnsembleConfig:
     )
     weights: list[float] = _f(
         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        "Grid for the weight of the LAST member (two members; the first gets 1 - w).",
+        "Grid for the weight of each member after the first (every combination whose sum is at most "
+        "1; the first member gets the rest). Two members: the last member's weight w, the first 1 - w.",
     )
     normalize: Literal["zscore", "none"] = _f(
         "zscore", "Standardize each member's scores per user over the catalogue before adding."

@@ -62,3 +62,57 @@ def test_ensemble_trains_members_picks_a_weight_on_validation_and_evaluates(
     assert main([*args, "--overwrite"]) == 0
     assert (tmp_path / "runs" / "tiny-sasrec" / "best" / "model.safetensors").read_bytes() == member_weights
     assert json.loads((out / "best" / "late_fusion.json").read_text())["weights"] == spec["weights"]
+
+
+def test_weight_grid_covers_the_simplex_for_three_members() -> None:
+    import pytest
+
+    from seqrec.config import ConfigError
+    from seqrec.training.late_fusion import weight_grid
+
+    two = weight_grid([0.0, 0.3, 1.0], 2)
+    assert two == [[1.0, 0.0], [0.7, 0.3], [0.0, 1.0]]
+    three = weight_grid([0.0, 0.5, 1.0], 3)
+    # Members 2 and 3 take grid values with sum <= 1; the first gets the rest.
+    assert sorted(map(tuple, three)) == sorted(
+        [(1.0, 0.0, 0.0), (0.5, 0.0, 0.5), (0.0, 0.0, 1.0), (0.5, 0.5, 0.0), (0.0, 0.5, 0.5), (0.0, 1.0, 0.0)]
+    )
+    assert all(abs(sum(w) - 1.0) < 1e-9 and min(w) >= 0.0 for w in three)
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        weight_grid([0.0, 1.5], 2)
+
+
+def test_three_member_ensemble_reproduces_each_member_at_its_corner(
+    tmp_path: Path, tiny_data_dir: Path
+) -> None:
+    from seqrec.cli import main
+    from seqrec.data.schema import PreparedData
+    from seqrec.evaluation.cli import evaluate_checkpoint
+
+    configs = []
+    for name, body in {
+        "tiny-sasrec-a": {"model": "sasrec"},
+        "tiny-sasrec-b": {"model": "sasrec", "lr": 0.003},
+        "tiny-pop": {"model": "popularity"},
+    }.items():
+        configs.append(tmp_path / f"{name}.yaml")
+        train = {"epochs": 1, "batch_size": 8, "lr": 0.01, "tracker": "none"} | body
+        sasrec = {"d_model": 16, "layers": 1, "heads": 1, "max_len": 10}
+        configs[-1].write_text(yaml.safe_dump({"sasrec": sasrec, "train": train}))
+    fusion = tmp_path / "tiny-fusion3.yaml"
+    members = [str(c) for c in configs]
+    fusion.write_text(yaml.safe_dump({"train": {"model": "ensemble", "tracker": "none"},
+                                      "ensemble": {"members": members, "weights": [0.0, 0.5, 1.0]}}))  # fmt: skip
+    out = tmp_path / "runs" / "tiny-fusion3"
+    assert main(["train", "--config", str(fusion), "--data", str(tiny_data_dir), "--output", str(out)]) == 0
+    spec = json.loads((out / "best" / "late_fusion.json").read_text())
+    assert len(spec["members"]) == 3 and len(spec["validation"]) == 6
+    table = {tuple(r["weights"]): r["ndcg@10"] for r in spec["validation"]}
+    assert table[tuple(spec["weights"])] == max(table.values())
+    data = PreparedData.load(tiny_data_dir)
+    for i, name in enumerate(["tiny-sasrec-a", "tiny-sasrec-b", "tiny-pop"]):
+        corner = tuple(1.0 if j == i else 0.0 for j in range(3))
+        alone = evaluate_checkpoint(tmp_path / "runs" / name / "best", data, "valid", device="cpu")
+        assert abs(alone.metrics["ndcg@10"] - table[corner]) < 1e-9
+    fused = evaluate_checkpoint(out / "best", data, "valid", device="cpu")
+    assert abs(fused.metrics["ndcg@10"] - table[tuple(spec["weights"])]) < 1e-9

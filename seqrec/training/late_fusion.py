@@ -1,9 +1,10 @@
-"""Late fusion (``train.model=ensemble``): an ID model and a text model, scores added.
+"""Late fusion (``train.model=ensemble``): an ID model and text models, scores added.
 
 Each member is an ordinary run (its own YAML in ``ensemble.members``) trained, when not already
 done, into ``<output>/../<config file stem>`` so that runs of the same seed are shared with the
 benchmark's single-model rows. Each member's scores are standardized per user over the catalogue
-(z-score), then added: ``(1 - w) * z_first + w * z_last``. The weight ``w`` is chosen on VALIDATION
+(z-score), then added: ``(1 - w) * z_first + w * z_last`` for two members, ``sum_i w_i z_i`` for
+more (members 2..N take values of the grid, the first the rest). The weights are chosen on VALIDATION
 NDCG@10 over ``ensemble.weights`` (never on test, cf. EnsRec, arXiv 2512.17820); every weight's
 validation figures are saved in ``best/late_fusion.json``. The folder ``best/`` works with
 ``seqrec evaluate`` like any other model folder.
@@ -11,6 +12,7 @@ validation figures are saved in ``best/late_fusion.json``. The folder ``best/`` 
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -112,10 +114,20 @@ class _Cached:
         return torch.stack(parts).sum(dim=0)
 
 
+def weight_grid(grid: Sequence[float], n_members: int) -> list[list[float]]:
+    """Every weight vector to try: members 2..N each take a value of `grid` (their sum at most 1),
+    the first member gets the rest. Two members: [1 - w, w] for each w of the grid."""
+    for w in grid:
+        if not 0.0 <= w <= 1.0:
+            raise ConfigError(f"ensemble.weights must lie in [0, 1], got {w}")
+    combos = [[round(1.0 - sum(rest), 10), *rest] for rest in itertools.product(grid, repeat=n_members - 1)]
+    return [c for c in combos if c[0] >= -1e-9]
+
+
 def member_dirs(cfg: RunConfig) -> list[tuple[Path, Path]]:
     """(member config YAML, member output folder) for each of ``ensemble.members``."""
-    if len(cfg.ensemble.members) != 2:
-        raise ConfigError(f"ensemble.members must name 2 run configs, got {cfg.ensemble.members}")
+    if len(cfg.ensemble.members) < 2:
+        raise ConfigError(f"ensemble.members must name at least 2 run configs, got {cfg.ensemble.members}")
     out = Path(cfg.train.output_dir)
     repo = Path(__file__).resolve().parents[2]  # relative member paths: cwd, else the repository root
     paths = [
@@ -175,35 +187,40 @@ def fit_late_fusion(cfg: RunConfig, data: PreparedData) -> Any:
     cached = score_once(models, batches, cfg.ensemble.normalize)  # members scored once, not per weight
     metric = cfg.train.best_metric
     table: list[dict[str, Any]] = []
-    for w in cfg.ensemble.weights:
-        if not 0.0 <= w <= 1.0:
-            raise ConfigError(f"ensemble.weights must lie in [0, 1], got {w}")
-        fused = _Cached([1.0 - w, w])
-        metrics = evaluate(fused, cached, data, "valid", cfg.eval, protocol, progress=False).metrics
-        table.append({"weight": w, **metrics})
-        log.info("ensemble: weight of %s = %.2f -> valid %s %.4f", folders[-1].parent.name, w, metric,
-                 metrics.get(metric, float("nan")))  # fmt: skip
-    best_row = max(table, key=lambda r: (r.get(metric, float("-inf")), -abs(r["weight"] - 0.5)))
-    w = float(best_row["weight"])
+    even = 1.0 / len(folders)
+    for weights in weight_grid(cfg.ensemble.weights, len(folders)):
+        metrics = evaluate(
+            _Cached(weights), cached, data, "valid", cfg.eval, protocol, progress=False
+        ).metrics
+        # "weight": the last member's (the one number of a two-member grid).
+        table.append({"weights": weights, "weight": weights[-1], **metrics})
+        log.info("ensemble: weights %s -> valid %s %.4f", weights, metric, metrics.get(metric, float("nan")))
+    # Ties: the most even mixture.
+    best_row = max(
+        table, key=lambda r: (r.get(metric, float("-inf")), -sum(abs(x - even) for x in r["weights"]))
+    )
+    weights = [float(x) for x in best_row["weights"]]
     out = Path(cfg.train.output_dir)
     best_dir = out / "best"
     best_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, best_dir / "seqrec_config.json")
     spec = {
         "members": [str(f) for f in folders],
-        "weights": [1.0 - w, w],
+        "weights": weights,
         "normalize": cfg.ensemble.normalize,
         "selected_on": f"valid {metric}",
         "validation": table,
     }
     (best_dir / FUSION_FILE).write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    best_metrics = {k: v for k, v in best_row.items() if k != "weight"}
-    (out / "best_metrics.json").write_text(
-        json.dumps({"step": 0, "epoch": 0, "weight": w, "metrics": best_metrics}, indent=1) + "\n",
-        encoding="utf-8",
-    )
+    best_metrics = {k: v for k, v in best_row.items() if k not in ("weight", "weights")}
+    summary = {"step": 0, "epoch": 0, "weight": weights[-1], "weights": weights, "metrics": best_metrics}
+    (out / "best_metrics.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
     log.info(
-        "ensemble: chose weight %.2f (valid %s %.4f); saved %s", w, metric, best_row.get(metric), best_dir
+        "ensemble: chose weights %s (valid %s %.4f); saved %s",
+        weights,
+        metric,
+        best_row.get(metric),
+        best_dir,
     )
     return TrainResult(
         global_step=0, epoch=0, stop_reason="completed", exit_code=0, best_metric=best_row.get(metric),
