@@ -550,7 +550,9 @@ class EnsembleConfig:
     a weight chosen on validation NDCG@10 (EnsRec-style)."""
 
     members: list[str] = _f(
-        [], "Member run configs (YAML). Each trains into <output>/../<file stem> unless done there."
+        [],
+        "Member run configs (YAML; each trains into <output>/../<file stem> unless done there) or "
+        "finished run folders (used as they are).",
     )
     weights: list[float] = _f(
         [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],

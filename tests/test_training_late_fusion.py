@@ -116,3 +116,22 @@ def test_three_member_ensemble_reproduces_each_member_at_its_corner(
         assert abs(alone.metrics["ndcg@10"] - table[corner]) < 1e-9
     fused = evaluate_checkpoint(out / "best", data, "valid", device="cpu")
     assert abs(fused.metrics["ndcg@10"] - table[tuple(spec["weights"])]) < 1e-9
+    # Finished run folders as members: fused as they are (nothing retrained), the same figures as
+    # the matching rows of the three-member grid.
+    pair = tmp_path / "pair.yaml"
+    folders = [str(tmp_path / "runs" / n) for n in ("tiny-sasrec-a", "tiny-sasrec-b")]
+    pair.write_text(yaml.safe_dump({"train": {"model": "ensemble", "tracker": "none"},
+                                    "ensemble": {"members": folders, "weights": [0.0, 0.5, 1.0]}}))  # fmt: skip
+    weights_before = (tmp_path / "runs" / "tiny-sasrec-a" / "best" / "model.safetensors").read_bytes()
+    out2 = tmp_path / "pair-run"
+    assert main(["train", "--config", str(pair), "--data", str(tiny_data_dir), "--output", str(out2)]) == 0
+    rows = json.loads((out2 / "best" / "late_fusion.json").read_text())["validation"]
+    for r in rows:
+        assert abs(r["ndcg@10"] - table[(*r["weights"], 0.0)]) < 1e-9
+    assert (tmp_path / "runs" / "tiny-sasrec-a" / "best" / "model.safetensors").read_bytes() == weights_before
+    (tmp_path / "empty-run").mkdir()
+    pair.write_text(yaml.safe_dump({"train": {"model": "ensemble"}, "ensemble": {"members": [folders[0], str(tmp_path / "empty-run")]}}))  # fmt: skip
+    assert (
+        main(["train", "--config", str(pair), "--data", str(tiny_data_dir), "--output", str(tmp_path / "x")])
+        == 2
+    )

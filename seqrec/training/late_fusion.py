@@ -2,7 +2,7 @@
 
 Each member is an ordinary run (its own YAML in ``ensemble.members``) trained, when not already
 done, into ``<output>/../<config file stem>`` so that runs of the same seed are shared with the
-benchmark's single-model rows. Each member's scores are standardized per user over the catalogue
+benchmark's single-model rows; a member may also be a finished run folder, fused as it is. Each member's scores are standardized per user over the catalogue
 (z-score), then added: ``(1 - w) * z_first + w * z_last`` for two members, ``sum_i w_i z_i`` for
 more (members 2..N take values of the grid, the first the rest). The weights are chosen on VALIDATION
 NDCG@10 over ``ensemble.weights`` (never on test, cf. EnsRec, arXiv 2512.17820); every weight's
@@ -133,7 +133,8 @@ def member_dirs(cfg: RunConfig) -> list[tuple[Path, Path]]:
     paths = [
         Path(m) if Path(m).is_file() or Path(m).is_absolute() else repo / m for m in cfg.ensemble.members
     ]
-    return [(p, out.parent / p.stem) for p in paths]
+    # A member may also be a finished run folder (fused as it is, never trained here).
+    return [(p, p) if p.is_dir() else (p, out.parent / p.stem) for p in paths]
 
 
 def load_members(
@@ -171,6 +172,8 @@ def fit_late_fusion(cfg: RunConfig, data: PreparedData) -> Any:
         best = member_out / "best"
         if (best / "seqrec_config.json").is_file() and (member_out / "best_metrics.json").is_file():
             log.info("ensemble member %s: reusing %s", member_cfg.stem, best)
+        elif member_cfg.is_dir():
+            raise ConfigError(f"ensemble member {member_cfg} is a folder without a finished run (best/)")
         else:
             log.info("ensemble member %s: training into %s", member_cfg.stem, member_out)
             mcfg = resolve_config(
