@@ -100,6 +100,7 @@ SUITES: dict[str, dict] = {
             "seqrec-fusion-hybrid": "beauty-fusion-hybrid-30ep",
             "seqrec-llminit": "beauty-llminit-30ep",
             "seqrec-fusion-llminit": "beauty-fusion-llminit-30ep",
+            "seqrec-fusion3": "beauty-fusion3-30ep",
         },
         "seqrec": "select",
     },

@@ -1,0 +1,140 @@
+"""Control for the late-fusion rows: what does fusing two ID-only runs gain, with no text at all?
+
+    python benchmarks/fusion_control.py --runs runs/bench --suite beauty-30ep --seeds 0 1 2
+
+A late fusion of two models usually beats either alone, text or no text (an ensemble averages out
+each run's noise). So a fusion row that uses text (SASRec-CE + a seqrec model) shows that text helps
+only if it beats the same fusion of two SASRec-CE runs that differ by their seed. For each seed s
+this fuses the finished SASRec-CE run of seed s with the one of the next seed (s + 1, cyclically
+over ``--seeds``) exactly as ``train.model=ensemble`` fuses any members (per-user z-scores, the
+weight chosen on validation NDCG@10; the members are given as finished run folders, so nothing is
+retrained), evaluates the fusion on test, and compares it with the single run of seed s.
+
+Needs the SASRec rows of ``bench_quality.py --suite SUITE`` for every seed. Writes
+``benchmarks/results/<results>_fusion_control.{json,md}`` (``<results>`` is the suite's results stem).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _bench() -> Any:
+    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fuse_pair(bench: Any, first: Path, second: Path, out: Path, data: Path, seed: int) -> dict:
+    """Fuse two finished run folders into ``out`` (resumable: a finished pair is read back)."""
+    done = out.parent / f"{out.name}.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config = out.parent / f"{out.name}.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "train": {"model": "ensemble", "eval_max_users": 4000, "tracker": "none"},
+                "ensemble": {"members": [str(first), str(second)], "normalize": "zscore"},
+            }
+        )
+    )
+    log = out.parent / f"{out.name}.bench.log"
+    args = ["--config", str(config), "--data", str(data), "--output", str(out), f"train.seed={seed}"]
+    bench.run_measured(bench.seqrec("train", *args, "--overwrite"), log)
+    bench.run_measured(
+        bench.seqrec("evaluate", "--checkpoint", str(out / "best"), "--data", str(data), "--split", "test"),
+        log,
+    )
+    test = json.loads((out / "best" / "eval-test" / "metrics.json").read_text())
+    best = json.loads((out / "best_metrics.json").read_text())
+    result = {
+        "members": [str(first), str(second)],
+        "weight_of_second": best["weight"],
+        "valid_ndcg@10": best["metrics"]["ndcg@10"],
+        "test_ndcg@10": test["ndcg@10"],
+        "test_hr@10": test["hr@10"],
+    }
+    done.write_text(json.dumps(result, indent=1))
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--runs", type=Path, required=True, help="bench_quality.py's --runs folder")
+    p.add_argument("--suite", default="beauty-30ep")
+    p.add_argument("--model", default="sasrec", help="the suite's row to pair with itself")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args()
+    bench = _bench()
+    spec = bench.SUITES[args.suite]
+    config = spec["models"][args.model]
+    data = args.runs / spec.get("data_of", args.suite) / "data"
+    rows = []
+    for i, seed in enumerate(args.seeds):
+        nxt = args.seeds[(i + 1) % len(args.seeds)]
+        single = args.runs / args.suite / f"seed{seed}" / config
+        other = args.runs / args.suite / f"seed{nxt}" / config
+        for folder in (single, other):
+            if not (folder / "result.json").is_file():
+                raise SystemExit(f"{folder} is not finished: run bench_quality.py --suite {args.suite} first")
+        alone = json.loads((single / "result.json").read_text())
+        out = args.runs / args.suite / f"seed{seed}" / f"control-{config}-with-seed{nxt}"
+        pair = fuse_pair(bench, single / "best", other / "best", out, data, seed)
+        rows.append({"seed": seed, "other_seed": nxt, "single_test_ndcg@10": alone["metrics"]["ndcg@10"],
+                     "single_valid_ndcg@10": alone.get("valid_ndcg@10"), **pair})  # fmt: skip
+    ratios = [r["test_ndcg@10"] / r["single_test_ndcg@10"] for r in rows]
+    summary = {
+        "suite": args.suite,
+        "model": args.model,
+        "command": f"python benchmarks/fusion_control.py --suite {args.suite} --model {args.model} "
+        f"--seeds {' '.join(map(str, args.seeds))}",
+        "rows": rows,
+        "mean_ratio": statistics.fmean(ratios),
+        "mean_pair_test_ndcg@10": statistics.fmean(r["test_ndcg@10"] for r in rows),
+        "mean_single_test_ndcg@10": statistics.fmean(r["single_test_ndcg@10"] for r in rows),
+    }
+    stem = f"{spec['results']}_fusion_control"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    lines = [
+        f"# Fusion control: two ID-only {args.model} runs fused ({args.suite})",
+        "",
+        f"Command: `{summary['command']}` (after `bench_quality.py --suite {args.suite}` trained every seed).",
+        "",
+        "Each row fuses the run of `seed` with the run of `other seed` (no text anywhere), weight chosen on "
+        "validation as in `train.model=ensemble`. A fusion that uses text must beat this to show that "
+        "the text, not the ensembling, helps.",
+        "",
+        "| seed | other seed | weight of other | single valid | single test NDCG@10 | pair valid | pair test NDCG@10 | pair / single |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r, ratio in zip(rows, ratios):
+        lines.append(
+            f"| {r['seed']} | {r['other_seed']} | {r['weight_of_second']:.1f} | {r['single_valid_ndcg@10']:.4f} | "
+            f"{r['single_test_ndcg@10']:.4f} | {r['valid_ndcg@10']:.4f} | {r['test_ndcg@10']:.4f} | {ratio:.3f} |"
+        )
+    lines += [
+        "",
+        f"Mean test NDCG@10: single {summary['mean_single_test_ndcg@10']:.4f}, fused pair "
+        f"{summary['mean_pair_test_ndcg@10']:.4f}; mean ratio {summary['mean_ratio']:.3f}.",
+        "",
+    ]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
