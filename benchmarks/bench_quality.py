@@ -101,6 +101,7 @@ SUITES: dict[str, dict] = {
             "seqrec-llminit": "beauty-llminit-30ep",
             "seqrec-fusion-llminit": "beauty-fusion-llminit-30ep",
             "seqrec-fusion3": "beauty-fusion3-30ep",
+            "seqrec-sasrec-text": "beauty-sasrec-text-30ep",
         },
         "seqrec": "select",
     },

@@ -431,6 +431,13 @@ class SASRecConfig:
     )
     num_negatives: int = _f(1024, "Sampled softmax: uniform negatives per batch (accidental hits masked).")
     sampled_above: int = _f(100_000, "loss=auto: catalogues with more items than this use sampled softmax.")
+    item_text: Literal["none", "add"] = _f(
+        "none",
+        "none: items are IDs only (the baseline); add: each item's embedding (input and output alike) is "
+        "its ID embedding plus a learned linear projection of its frozen language-model text feature "
+        "(model.backbone, cached in train.features_dir and saved with the weights), so the text keeps "
+        "informing every item after training and items without training events score from text.",
+    )
     item_init: Literal["random", "text_pca"] = _f(
         "random",
         "Initial item embeddings: random N(0, 0.02) (the ID-only baseline), or text_pca: the PCA of "

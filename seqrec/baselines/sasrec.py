@@ -11,6 +11,10 @@ Architecture: item embeddings (index 0 = padding, item_idx + 1 otherwise) plus l
 embeddings, dropout, ``layers`` pre-LayerNorm causal self-attention blocks, a final LayerNorm.
 The item embedding matrix doubles as the output layer (scores = hidden · item embedding).
 
+Text-aware variants (LLMInit and a text item tower; ``sasrec.item_init`` / ``sasrec.item_text``):
+item embeddings start from the PCA of the items' language-model features, and/or every item's
+embedding adds a learned projection of its frozen text feature, at input and output alike.
+
 Positions count back from the newest event (0 = newest), so the newest event always gets the
 same position embedding whatever the padding. Batches: see seqrec/baselines/sequences.py.
 """
@@ -78,12 +82,21 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    def __init__(self, n_items: int, cfg: SASRecConfig):
+    def __init__(self, n_items: int, cfg: SASRecConfig, text_dim: int = 0):
         super().__init__()
         if n_items < 1:
             raise ValueError("SASRec needs at least one item")
+        if cfg.item_text == "add" and text_dim < 1:
+            raise ValueError("sasrec.item_text=add needs the width of the item text features (text_dim)")
         self.cfg = copy.deepcopy(cfg)
         self.item_emb = nn.Embedding(n_items + 1, cfg.d_model, padding_idx=0)  # row 0 = padding
+        # item_text=add: frozen text features [N + 1, H] (row 0 = padding, zeros), saved with the
+        # weights so a loaded model needs no feature cache; a bias-free projection keeps padding at 0.
+        self.item_text: Tensor | None
+        self.register_buffer(
+            "item_text", torch.zeros(n_items + 1, text_dim) if cfg.item_text == "add" else None
+        )
+        self.text_proj = nn.Linear(text_dim, cfg.d_model, bias=False) if cfg.item_text == "add" else None
         self.register_buffer("all_ids", torch.arange(n_items + 1), persistent=False)  # [N + 1]
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.d_model)  # 0 = newest event
         self.drop = nn.Dropout(cfg.dropout)
@@ -104,6 +117,18 @@ class SASRec(nn.Module):
     def n_items(self) -> int:
         return self.item_emb.num_embeddings - 1
 
+    def set_item_text(self, features: Tensor) -> None:
+        """item_text=add: the catalogue's text features [n_items, H] (rows in item_idx order)."""
+        if self.item_text is None:
+            raise ValueError("set_item_text needs sasrec.item_text=add")
+        if tuple(features.shape) != (self.n_items, self.item_text.shape[1]):
+            raise ValueError(
+                f"item text features are {tuple(features.shape)}, the model expects "
+                f"({self.n_items}, {self.item_text.shape[1]})"
+            )
+        with torch.no_grad():
+            self.item_text[1:].copy_(features.to(self.item_text.device, self.item_text.dtype))
+
     def embedding_table(self) -> Tensor:
         """[N + 1, D] every item's embedding (row 0 = padding), through one call of the module.
 
@@ -111,7 +136,10 @@ class SASRec(nn.Module):
         ``item_emb.weight`` directly: under ZeRO-3 a weight is only materialized inside its
         module's call, so reading ``.weight`` elsewhere would see an empty shard.
         """
-        return self.item_emb(self.all_ids)
+        table = self.item_emb(self.all_ids)
+        if self.text_proj is not None and self.item_text is not None:
+            table = table + self.text_proj(self.item_text.to(table.dtype))  # [N + 1, D]
+        return table
 
     def encode(self, input_items: Tensor, table: Tensor | None = None) -> Tensor:
         """[B, T] item_idx + 1 (left padded) -> [B, T, D] hidden states; T is cut to max_len."""
@@ -183,7 +211,8 @@ class SASRec(nn.Module):
         state = read_weights(path)
         if "item_emb.weight" not in state:
             raise CheckpointError(f"{path}/{WEIGHTS_FILE}: no item_emb.weight; not a SASRec model")
-        model = cls(state["item_emb.weight"].shape[0] - 1, cfg.sasrec)
+        text_dim = state["item_text"].shape[1] if "item_text" in state else 0
+        model = cls(state["item_emb.weight"].shape[0] - 1, cfg.sasrec, text_dim)
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as e:

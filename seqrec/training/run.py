@@ -141,14 +141,20 @@ def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) 
     from seqrec.evaluation.evaluator import evaluate
     from seqrec.evaluation.protocols import make_protocol
 
-    model = SASRec(data.n_items, cfg.sasrec)
-    if cfg.sasrec.item_init == "text_pca":
-        from seqrec.modeling.text_init import init_ids_from_text
+    features = None
+    if cfg.sasrec.item_init == "text_pca" or cfg.sasrec.item_text == "add":
         from seqrec.training.distributed import compute_precision
         from seqrec.training.seqrec_setup import ensure_features
 
         # The same cached item features as the seqrec head stage (built once when absent).
         features = ensure_features(cfg, data, accelerator, compute_precision(accelerator, cfg))
+    text_dim = features.dim if features is not None and cfg.sasrec.item_text == "add" else 0
+    model = SASRec(data.n_items, cfg.sasrec, text_dim)
+    if features is not None and cfg.sasrec.item_text == "add":
+        model.set_item_text(features.items)
+    if features is not None and cfg.sasrec.item_init == "text_pca":
+        from seqrec.modeling.text_init import init_ids_from_text
+
         init_ids_from_text(model.item_emb, features.items, offset=1)  # row 0 stays the padding
         log.info("SASRec item embeddings initialised from the PCA of the item text features")
     users = validation_users(data, cfg.train.eval_max_users, cfg.train.seed)
@@ -165,7 +171,7 @@ def _sasrec_setup(cfg: RunConfig, data: PreparedData, accelerator: Accelerator) 
 
     def save_fn(m: nn.Module, folder: Path, state_dict: dict[str, Any] | None) -> None:
         # Under ZeRO-3 the live module holds only shards: save the gathered state dict.
-        clean = SASRec(data.n_items, cfg.sasrec)
+        clean = SASRec(data.n_items, cfg.sasrec, text_dim)
         clean.load_state_dict(state_dict if state_dict is not None else m.state_dict())
         clean.save_pretrained(folder, cfg)
 
