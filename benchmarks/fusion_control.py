@@ -93,7 +93,7 @@ def main() -> None:
                 raise SystemExit(f"{folder} is not finished: run bench_quality.py --suite {args.suite} first")
         alone = json.loads((single / "result.json").read_text())
         out = args.runs / args.suite / f"seed{seed}" / f"control-{config}-with-seed{nxt}"
-        pair = fuse_pair(bench, single / "best", other / "best", out, data, seed)
+        pair = fuse_pair(bench, single, other, out, data, seed)
         rows.append({"seed": seed, "other_seed": nxt, "single_test_ndcg@10": alone["metrics"]["ndcg@10"],
                      "single_valid_ndcg@10": alone.get("valid_ndcg@10"), **pair})  # fmt: skip
     ratios = [r["test_ndcg@10"] / r["single_test_ndcg@10"] for r in rows]
