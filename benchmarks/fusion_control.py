@@ -5,8 +5,8 @@
 A late fusion of two models usually beats either alone, text or no text (an ensemble averages out
 each run's noise). So a fusion row that uses text (SASRec-CE + a seqrec model) shows that text helps
 only if it beats the same fusion of two SASRec-CE runs that differ by their seed. For each seed s
-this fuses the finished SASRec-CE run of seed s with the one of the next seed (s + 1, cyclically
-over ``--seeds``) exactly as ``train.model=ensemble`` fuses any members (per-user z-scores, the
+this fuses the finished SASRec-CE run of seed s with the ones of the next ``--size`` - 1 seeds
+(cyclically over ``--seeds``; compare a K-member text fusion with ``--size K``) exactly as ``train.model=ensemble`` fuses any members (per-user z-scores, the
 weight chosen on validation NDCG@10; the members are given as finished run folders, so nothing is
 retrained), evaluates the fusion on test, and compares it with the single run of seed s.
 
@@ -37,8 +37,8 @@ def _bench() -> Any:
     return module
 
 
-def fuse_pair(bench: Any, first: Path, second: Path, out: Path, data: Path, seed: int) -> dict:
-    """Fuse two finished run folders into ``out`` (resumable: a finished pair is read back)."""
+def fuse_runs(bench: Any, members: list[Path], out: Path, data: Path, seed: int) -> dict:
+    """Fuse finished run folders into ``out`` (resumable: a finished fusion is read back)."""
     done = out.parent / f"{out.name}.json"
     if done.is_file():
         return json.loads(done.read_text())
@@ -48,7 +48,7 @@ def fuse_pair(bench: Any, first: Path, second: Path, out: Path, data: Path, seed
         yaml.safe_dump(
             {
                 "train": {"model": "ensemble", "eval_max_users": 4000, "tracker": "none"},
-                "ensemble": {"members": [str(first), str(second)], "normalize": "zscore"},
+                "ensemble": {"members": [str(m) for m in members], "normalize": "zscore"},
             }
         )
     )
@@ -62,8 +62,8 @@ def fuse_pair(bench: Any, first: Path, second: Path, out: Path, data: Path, seed
     test = json.loads((out / "best" / "eval-test" / "metrics.json").read_text())
     best = json.loads((out / "best_metrics.json").read_text())
     result = {
-        "members": [str(first), str(second)],
-        "weight_of_second": best["weight"],
+        "members": [str(m) for m in members],
+        "weights": best.get("weights", [1.0 - best["weight"], best["weight"]]),
         "valid_ndcg@10": best["metrics"]["ndcg@10"],
         "test_ndcg@10": test["ndcg@10"],
         "test_hr@10": test["hr@10"],
@@ -78,58 +78,62 @@ def main() -> None:
     p.add_argument("--suite", default="beauty-30ep")
     p.add_argument("--model", default="sasrec", help="the suite's row to pair with itself")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--size", type=int, default=2, help="runs per fusion (at most the number of seeds)")
     args = p.parse_args()
+    if not 2 <= args.size <= len(args.seeds):
+        raise SystemExit(f"--size must be between 2 and the number of seeds ({len(args.seeds)})")
     bench = _bench()
     spec = bench.SUITES[args.suite]
     config = spec["models"][args.model]
     data = args.runs / spec.get("data_of", args.suite) / "data"
     rows = []
     for i, seed in enumerate(args.seeds):
-        nxt = args.seeds[(i + 1) % len(args.seeds)]
-        single = args.runs / args.suite / f"seed{seed}" / config
-        other = args.runs / args.suite / f"seed{nxt}" / config
-        for folder in (single, other):
+        others = [args.seeds[(i + k) % len(args.seeds)] for k in range(1, args.size)]
+        folders = [args.runs / args.suite / f"seed{s}" / config for s in [seed, *others]]
+        for folder in folders:
             if not (folder / "result.json").is_file():
                 raise SystemExit(f"{folder} is not finished: run bench_quality.py --suite {args.suite} first")
-        alone = json.loads((single / "result.json").read_text())
-        out = args.runs / args.suite / f"seed{seed}" / f"control-{config}-with-seed{nxt}"
-        pair = fuse_pair(bench, single, other, out, data, seed)
-        rows.append({"seed": seed, "other_seed": nxt, "single_test_ndcg@10": alone["metrics"]["ndcg@10"],
-                     "single_valid_ndcg@10": alone.get("valid_ndcg@10"), **pair})  # fmt: skip
+        alone = json.loads((folders[0] / "result.json").read_text())
+        tag = "-".join(f"seed{s}" for s in others)
+        out = args.runs / args.suite / f"seed{seed}" / f"control-{config}-with-{tag}"
+        fused = fuse_runs(bench, folders, out, data, seed)
+        rows.append({"seed": seed, "other_seeds": others, "single_test_ndcg@10": alone["metrics"]["ndcg@10"],
+                     "single_valid_ndcg@10": alone.get("valid_ndcg@10"), **fused})  # fmt: skip
     ratios = [r["test_ndcg@10"] / r["single_test_ndcg@10"] for r in rows]
     summary = {
         "suite": args.suite,
         "model": args.model,
+        "size": args.size,
         "command": f"python benchmarks/fusion_control.py --suite {args.suite} --model {args.model} "
-        f"--seeds {' '.join(map(str, args.seeds))}",
+        f"--seeds {' '.join(map(str, args.seeds))} --size {args.size}",
         "rows": rows,
         "mean_ratio": statistics.fmean(ratios),
-        "mean_pair_test_ndcg@10": statistics.fmean(r["test_ndcg@10"] for r in rows),
+        "mean_fused_test_ndcg@10": statistics.fmean(r["test_ndcg@10"] for r in rows),
         "mean_single_test_ndcg@10": statistics.fmean(r["single_test_ndcg@10"] for r in rows),
     }
-    stem = f"{spec['results']}_fusion_control"
+    stem = f"{spec['results']}_fusion_control{'' if args.size == 2 else args.size}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(summary, indent=1) + "\n")
     lines = [
-        f"# Fusion control: two ID-only {args.model} runs fused ({args.suite})",
+        f"# Fusion control: {args.size} ID-only {args.model} runs fused ({args.suite})",
         "",
         f"Command: `{summary['command']}` (after `bench_quality.py --suite {args.suite}` trained every seed).",
         "",
-        "Each row fuses the run of `seed` with the run of `other seed` (no text anywhere), weight chosen on "
-        "validation as in `train.model=ensemble`. A fusion that uses text must beat this to show that "
-        "the text, not the ensembling, helps.",
+        "Each row fuses the run of `seed` with the runs of `other seeds` (no text anywhere), weights "
+        "chosen on validation as in `train.model=ensemble`. A fusion of as many members that uses text "
+        "must beat this to show that the text, not the ensembling, helps.",
         "",
-        "| seed | other seed | weight of other | single valid | single test NDCG@10 | pair valid | pair test NDCG@10 | pair / single |",
+        "| seed | other seeds | weights | single valid | single test NDCG@10 | fused valid | fused test NDCG@10 | fused / single |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r, ratio in zip(rows, ratios):
         lines.append(
-            f"| {r['seed']} | {r['other_seed']} | {r['weight_of_second']:.1f} | {r['single_valid_ndcg@10']:.4f} | "
+            f"| {r['seed']} | {', '.join(map(str, r['other_seeds']))} | {', '.join(f'{w:.1f}' for w in r['weights'])} | {r['single_valid_ndcg@10']:.4f} | "
             f"{r['single_test_ndcg@10']:.4f} | {r['valid_ndcg@10']:.4f} | {r['test_ndcg@10']:.4f} | {ratio:.3f} |"
         )
     lines += [
         "",
-        f"Mean test NDCG@10: single {summary['mean_single_test_ndcg@10']:.4f}, fused pair "
-        f"{summary['mean_pair_test_ndcg@10']:.4f}; mean ratio {summary['mean_ratio']:.3f}.",
+        f"Mean test NDCG@10: single {summary['mean_single_test_ndcg@10']:.4f}, fused "
+        f"{summary['mean_fused_test_ndcg@10']:.4f}; mean ratio {summary['mean_ratio']:.3f}.",
         "",
     ]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
