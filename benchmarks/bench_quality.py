@@ -102,6 +102,7 @@ SUITES: dict[str, dict] = {
             "seqrec-fusion-llminit": "beauty-fusion-llminit-30ep",
             "seqrec-fusion3": "beauty-fusion3-30ep",
             "seqrec-sasrec-text": "beauty-sasrec-text-30ep",
+            "seqrec-fusion-text3": "beauty-fusion-text3-30ep",
         },
         "seqrec": "select",
     },
