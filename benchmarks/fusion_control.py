@@ -17,9 +17,9 @@ Needs the SASRec rows of ``bench_quality.py --suite SUITE`` for every seed. Writ
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-
-
-def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "benchmarks" / "bench_quality.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "benchmarks"))  # run as a script or imported: bench_quality beside it
 
 
 def fuse_runs(bench: Any, members: list[Path], out: Path, data: Path, seed: int) -> dict:
@@ -82,7 +75,8 @@ def main() -> None:
     args = p.parse_args()
     if not 2 <= args.size <= len(args.seeds):
         raise SystemExit(f"--size must be between 2 and the number of seeds ({len(args.seeds)})")
-    bench = _bench()
+    import bench_quality as bench
+
     spec = bench.SUITES[args.suite]
     config = spec["models"][args.model]
     data = args.runs / spec.get("data_of", args.suite) / "data"
