@@ -129,6 +129,11 @@ def worker(argv: list[str]) -> int:
         "exit_code": result.exit_code,
     }
     (Path(args.out) / f"report-{rank}.json").write_text(json.dumps(report))
+    # An orderly end, as run_training's: every rank done, then the process group destroyed. Exiting
+    # with it alive let a rank that finished first tear down gloo while the other was still leaving
+    # its last collective ("terminate called without an active exception", exit -6, once under load).
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
     return result.exit_code
 
 
