@@ -2,8 +2,8 @@
 
 Each member is an ordinary run (its own YAML in ``ensemble.members``) trained, when not already
 done, into ``<output>/../<config file stem>`` so that runs of the same seed are shared with the
-benchmark's single-model rows; a member may also be a finished run folder, fused as it is. Each member's scores are standardized per user over the catalogue
-(z-score), then added: ``(1 - w) * z_first + w * z_last`` for two members, ``sum_i w_i z_i`` for
+benchmark's single-model rows; a member may also be a finished run folder, fused as it is. Each
+member's scores are standardized per user over the catalogue (z-score), then added: ``(1 - w) * z_first + w * z_last`` for two members, ``sum_i w_i z_i`` for
 more (members 2..N take values of the grid, the first the rest). The weights are chosen on VALIDATION
 NDCG@10 over ``ensemble.weights`` (never on test, cf. EnsRec, arXiv 2512.17820); every weight's
 validation figures are saved in ``best/late_fusion.json``. The folder ``best/`` works with
